@@ -1,0 +1,1 @@
+"""Test infrastructure: a real local Kubernetes control plane and the process-runner nodes."""

@@ -1,0 +1,1 @@
+"""The HeteroTrain Kubernetes operator (kopf)."""
