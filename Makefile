@@ -1,0 +1,67 @@
+# HeteroTrain — the two commands a user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CLUSTER_DIR ?= .cluster
+export PATH := $(PATH):/usr/local/go/bin
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip setuptools wheel
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## create .venv with the project and its dev tools
+
+toolchain: $(STAMP) ## build (or find cached) kube-apiserver, etcd, scheduler, controller-manager, kubectl, kwok, helm
+	$(VPY) -m heterotrain_e2e.cluster build
+
+cluster-up: $(STAMP) ## start the local control plane with heterogeneous node pools (.cluster/)
+	$(VPY) -m heterotrain_e2e.cluster up --dir $(CLUSTER_DIR)
+
+cluster-down: $(STAMP) ## stop everything cluster-up started
+	$(VPY) -m heterotrain_e2e.cluster down --dir $(CLUSTER_DIR)
+
+cluster-status: $(STAMP)
+	$(VPY) -m heterotrain_e2e.cluster status --dir $(CLUSTER_DIR)
+
+crds: $(STAMP) ## regenerate the CRD (crds/ and the chart's copy) from the pydantic types
+	$(VPY) -m heterotrain_api.crdgen
+
+verify: $(STAMP) ## lint, types, layer contracts, generated files in sync
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy --config-file pyproject.toml operator/heterotrain_api operator/heterotrain_operator/placement runtime/heterotrain_runtime/contract.py
+	$(VENV)/bin/lint-imports --config pyproject.toml
+	$(VPY) -m heterotrain_api.crdgen --check
+
+unit: $(STAMP) ## unit tests only (no cluster)
+	$(VPY) -m pytest tests -q
+
+test: verify toolchain ## verify, then unit and e2e tests (the e2e suite starts its own real control plane)
+	$(VPY) -m pytest tests e2e/tests -q -p no:cacheprovider
+
+dev-operator: $(STAMP) ## install the CRDs and run the operator in the foreground against $$KUBECONFIG
+	@test -n "$${KUBECONFIG:-}" || { echo "KUBECONFIG is not set (try: export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig)"; exit 1; }
+	$(VPY) -m heterotrain_operator dev
+
+demo: $(STAMP) ## start the local cluster (unless KUBECONFIG is set), the operator, and the quickstart job
+	$(VPY) -m heterotrain_operator demo --cluster-dir $(CLUSTER_DIR)
+
+bench-placement: $(STAMP) ## placement benchmark -> benchmarks/results/placement.json
+	$(VPY) benchmarks/placement/run.py
+
+bench-runtime: $(STAMP) ## runtime benchmark -> benchmarks/results/runtime.json
+	$(VPY) benchmarks/runtime/run.py
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: help venv toolchain cluster-up cluster-down cluster-status crds verify unit test dev-operator demo bench-placement bench-runtime clean
