@@ -10,48 +10,14 @@ silently.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from heterotrain_e2e.cluster import controlplane, toolchain
+from heterotrain_e2e.testing import Cluster, OperatorProcess
 
 REPO = toolchain.REPO
-
-
-@dataclass
-class Cluster:
-    dir: Path
-    kubeconfig: Path
-    server: str
-
-    @property
-    def state_dir(self) -> Path:
-        return self.dir
-
-    @property
-    def bin(self) -> Path:
-        return self.dir / "bin"
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, text=True, capture_output=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-        return proc
-
-    def api_client(self):  # type: ignore[no-untyped-def]
-        from kubernetes import client, config
-
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ, KUBECONFIG=str(self.kubeconfig),
-                    PATH=f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 _START_ERROR: list[str] = []
@@ -78,3 +44,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         controlplane.down(d, quiet=True)
+
+
+_OPERATOR: list[OperatorProcess] = []
+
+
+@pytest.fixture
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    """A running operator (started once, restarted if a test killed it)."""
+    if not _OPERATOR:
+        _OPERATOR.append(OperatorProcess(cluster, cluster.dir / "logs" / "operator.log"))
+    op = _OPERATOR[0]
+    if not op.alive():
+        op.start()
+    yield op
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_operator() -> Iterator[None]:
+    yield
+    for op in _OPERATOR:
+        op.stop()
+
+

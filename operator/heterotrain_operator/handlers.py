@@ -8,6 +8,7 @@ level (what exists versus what should), never the event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -32,10 +33,8 @@ def _wake() -> None:
 
 async def _loop(ctl: Controller, wake: asyncio.Event, resync: float) -> None:
     while True:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=resync)
-        except TimeoutError:
-            pass
         wake.clear()
         try:
             await asyncio.to_thread(ctl.reconcile_all)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from heterotrain_runtime import contract as c
-
 from heterotrain_operator import placement as pl
 from heterotrain_operator import reconcile as r
 from heterotrain_operator.desired import SCHEDULING_GATE, worker_pod
+from heterotrain_runtime import contract as c
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

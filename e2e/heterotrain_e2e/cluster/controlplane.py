@@ -148,7 +148,7 @@ class _Starter:
             try:
                 if probe():
                     return
-            except Exception:  # noqa: BLE001 - a probe that fails just means "not yet"
+            except Exception:
                 pass
             if time.monotonic() > deadline:
                 raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; see {self.d}/logs/{name}.log")
@@ -272,7 +272,7 @@ def up(
                 tc.path("kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={profilemod.KWOK_ANNOTATION}=fake",
                 f"--node-port={ports['kwok']}", "--server-address=127.0.0.1:" + str(_free_port()),
-                "--node-ip=127.0.0.1", "--node-name=kwok-controller",
+                "--node-ip=127.0.0.1", "--node-name=kwok-controller", "--cidr=10.244.0.1/16",
             ])
         procnodes = [n for n in nodes if n["metadata"]["labels"][profilemod.RUNNER_LABEL] == "process"]
         if procnodes and process_runner:
