@@ -239,7 +239,7 @@ class HeteroTrainJobSpec(SpecModel):
             "x-kubernetes-validations": [
                 _cel("self.globalBatchSize >= self.workers.max", MSG_BATCH_GE_MAX, ".globalBatchSize"),
                 _cel(
-                    "!self.accelerators.all(a, has(a.maxWorkers)) || "
+                    "size(self.accelerators) == 0 || self.accelerators.exists(a, !has(a.maxWorkers)) || "
                     "self.accelerators.map(a, a.maxWorkers).sum() >= self.workers.min",
                     MSG_MAX_WORKERS_SUM,
                     ".accelerators",
@@ -343,7 +343,11 @@ class HeteroTrainJobSpec(SpecModel):
         if self.global_batch_size < self.workers.max:
             raise ValueError(MSG_BATCH_GE_MAX)
         caps = [a.max_workers for a in self.accelerators]
-        if all(c is not None for c in caps) and sum(c for c in caps if c is not None) < self.workers.min:
+        if (
+            caps
+            and all(c is not None for c in caps)
+            and sum(c for c in caps if c is not None) < self.workers.min
+        ):
             raise ValueError(MSG_MAX_WORKERS_SUM)
         return self
 
