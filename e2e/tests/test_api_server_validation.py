@@ -110,13 +110,13 @@ def test_name_of_50_characters_is_accepted(cluster: Any) -> None:
 
 
 def explain(cluster: Any, resource: str) -> str:
-    """``kubectl explain``, retried while the CRD's OpenAPI is being published."""
+    """``kubectl explain`` (whitespace collapsed), retried while the CRD's OpenAPI is being published."""
     deadline = time.monotonic() + 60
     while True:
         proc = cluster.kubectl("explain", resource, check=False)
         if proc.returncode == 0 or time.monotonic() > deadline:
             assert proc.returncode == 0, proc.stderr
-            return str(proc.stdout)
+            return " ".join(str(proc.stdout).split())  # kubectl wraps long descriptions
         time.sleep(2)
 
 
