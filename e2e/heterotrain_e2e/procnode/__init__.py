@@ -1,0 +1,44 @@
+"""The process runner: a fake kubelet for tests, whose pods run as local processes.
+
+TEST INFRASTRUCTURE ONLY.  This is not a kubelet and gives no isolation: it
+plays the kubelet for a few Node objects of the local e2e cluster (those with
+the label ``heterotrain.io/runner=process``) so that pods the real
+kube-scheduler binds to them REALLY run, as plain processes of this machine,
+in the project's Python environment.  Large pools are simulated by kwok
+instead (pods there never run).
+
+What it does, per node: keeps the Node Ready (status conditions, addresses,
+nodeInfo; capacity/allocatable as created, extended resources kept) and renews
+its Lease in ``kube-node-lease``.  Per pod bound to one of its nodes: gives it
+a loopback address of its own as pod IP (``127.1.x.y``), prepares its volumes
+as directories, runs the init containers in order and then the containers
+(``command`` + ``args`` with Kubernetes ``$(VAR)`` expansion, the pod's env,
+the image recorded but never pulled, ``python`` resolving to the given
+interpreter's environment), restarts them per ``restartPolicy`` with
+exponential backoff, reports status through ``pods/status``, and on deletion
+sends SIGTERM, then SIGKILL after the grace period, then deletes the object
+(grace 0, UID precondition) as the kubelet does.
+
+There are no mount namespaces: a volumeMount's ``mountPath`` exists only as a
+TEXTUAL path prefix.  Every occurrence of a mount path as a path prefix in the
+container's command, args, env values and workingDir is replaced by the host
+directory that backs the volume (see :mod:`.paths`).  A path the program
+builds at run time from pieces the runner never sees is not rewritten.
+
+Layout of the state directory (``--state-dir``)::
+
+    pids/<pgid>                       one file per running process group: "<pid> <starttime> <pod> <container>"
+    pods/<ns>_<name>_<uid>/<c>.log    container stdout+stderr (<c>.previous.log: the last terminated run)
+    pods/<ns>_<name>_<uid>/volumes/   emptyDir/configMap/secret/downwardAPI/projected volumes
+    pvc/<ns>/<claimName>/             persistentVolumeClaim volumes, shared by all process nodes (RWX)
+    ipam.json                         pod IPs handed out (uid -> IP), so a restarted runner never reuses a live one
+    runner.pid                        the runner's own pid while it runs
+
+Modules: the pure core (no I/O, unit-tested without a cluster) is
+:mod:`.quantity`, :mod:`.expansion`, :mod:`.paths`, :mod:`.envresolve`,
+:mod:`.volumes`, :mod:`.lifecycle` and :mod:`.status`; the thin I/O layer is
+:mod:`.kube` (REST over the kubernetes client's connection pool),
+:mod:`.process` (subprocesses, process groups, pid files), :mod:`.ipam`,
+:mod:`.kubeconfig`, :mod:`.podworker` (one thread per pod), :mod:`.runner`
+(nodes, leases, watches) and :mod:`.cli`.
+"""

@@ -1,0 +1,138 @@
+"""Process runner (fake kubelet for tests): pod IPs, process groups and pid files (local processes only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from heterotrain_e2e.procnode.ipam import IPAllocator, IPExhausted
+from heterotrain_e2e.procnode.process import ContainerProcess, kill_leftovers, write_pid_file
+
+
+def wait_for(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_ipam_unique_persisted_round_robin(tmp_path: Path) -> None:
+    path = tmp_path / "ipam.json"
+    a = IPAllocator(path, "127.1.0.0/16")
+    ips = [a.allocate(f"u{i}") for i in range(300)]
+    assert len(set(ips)) == 300
+    assert ips[0] == "127.1.0.1"
+    assert all(not ip.endswith((".0", ".255")) for ip in ips)
+    assert a.allocate("u0") == ips[0]  # stable for a pod
+    a.release("u0")
+    assert a.allocate("new") not in ips  # not reused at once
+    b = IPAllocator(path, "127.1.0.0/16")  # a restarted runner
+    assert b.get("u1") == ips[1]
+    assert b.allocate("another") not in {*ips, a.get("new")}
+    assert set(b.retain_only({"u1", "u2"})) >= {"u3", "new"}
+    assert set(b.snapshot()) == {"u1", "u2"}
+
+
+def test_ipam_preferred_and_exhaustion(tmp_path: Path) -> None:
+    a = IPAllocator(None, "127.9.9.0/30")
+    assert a.allocate("x", preferred="127.9.9.2") == "127.9.9.2"
+    assert a.allocate("y", preferred="127.9.9.2") == "127.9.9.1"
+    with pytest.raises(IPExhausted):
+        a.allocate("z")
+    with pytest.raises(ValueError):
+        IPAllocator(None, "10.0.0.0/8")
+
+
+class Exits:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: tuple[int, int] | None = None
+
+    def __call__(self, pid: int, rc: int) -> None:
+        self.value = (pid, rc)
+        self.done.set()
+
+
+def start(tmp_path: Path, code: str, exits: Exits, env: dict[str, str] | None = None) -> ContainerProcess:
+    return ContainerProcess([sys.executable, "-c", code], env or {"PATH": os.defpath}, tmp_path,
+                            tmp_path / "c.log", tmp_path, ("ns/p", "c"), exits)
+
+
+def test_exit_code_log_and_pid_file(tmp_path: Path) -> None:
+    exits = Exits()
+    p = start(tmp_path, "import os,sys; print('hello', os.getpgid(0) == os.getpid()); sys.exit(3)", exits)
+    assert exits.done.wait(10)
+    assert exits.value == (p.pid, 3)
+    assert (tmp_path / "c.log").read_text() == "hello True\n"
+    assert not (tmp_path / "pids" / str(p.pid)).exists()  # removed once reaped
+
+
+def test_group_is_killed_when_main_process_ends(tmp_path: Path) -> None:
+    exits = Exits()
+    code = ("import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "print(c.pid, flush=True); time.sleep(0.3)")
+    p = start(tmp_path, code, exits)
+    wait_for(lambda: (tmp_path / "c.log").read_text().strip() != "")
+    child = int((tmp_path / "c.log").read_text().split()[0])
+    assert (tmp_path / "pids" / str(p.pid)).read_text().split()[0] == str(p.pid)
+    assert exits.done.wait(10)
+    wait_for(lambda: not alive(child))
+
+
+def test_signal_reaches_the_group_and_reports_negative_rc(tmp_path: Path) -> None:
+    exits = Exits()
+    p = start(tmp_path, "import time; print('up', flush=True); time.sleep(60)", exits)
+    wait_for(lambda: (tmp_path / "c.log").exists() and "up" in (tmp_path / "c.log").read_text())
+    p.signal(signal.SIGTERM)
+    assert exits.done.wait(10)
+    assert exits.value == (p.pid, -signal.SIGTERM)
+
+
+def test_start_failure_raises(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        ContainerProcess(["definitely-not-a-command-xyz"], {"PATH": os.defpath}, tmp_path, tmp_path / "l.log",
+                         tmp_path, ("ns/p", "c"), Exits())
+
+
+def test_kill_leftovers_of_a_dead_runner(tmp_path: Path) -> None:
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        write_pid_file(tmp_path, leader.pid, "ns/p", "c")
+        (tmp_path / "pids" / "999999999").write_text("999999999 1 ns/q c\n")  # long gone
+        killed = kill_leftovers(tmp_path)
+        assert leader.pid in killed
+        assert leader.wait(10) == -signal.SIGKILL
+        assert list((tmp_path / "pids").iterdir()) == []
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
+
+
+def test_kill_leftovers_spares_a_reused_pid(tmp_path: Path) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        (tmp_path / "pids").mkdir()
+        (tmp_path / "pids" / str(other.pid)).write_text(f"{other.pid} 12345 ns/p c\n")  # another start time
+        kill_leftovers(tmp_path)
+        time.sleep(0.1)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
