@@ -269,7 +269,7 @@ def up(
                  input=json.dumps(items))
         if any(n["metadata"]["annotations"].get(profilemod.KWOK_ANNOTATION) for n in nodes):
             s.start("kwok", [
-                tc.path("kwok"), f"--kubeconfig={kubeconfig}", "--manage-all-nodes=false",
+                tc.path("kwok"), f"--kubeconfig={kubeconfig}",
                 f"--manage-nodes-with-annotation-selector={profilemod.KWOK_ANNOTATION}=fake",
                 f"--node-port={ports['kwok']}", "--server-address=127.0.0.1:" + str(_free_port()),
                 "--node-ip=127.0.0.1", "--node-name=kwok-controller", "--cidr=10.244.0.1/16",

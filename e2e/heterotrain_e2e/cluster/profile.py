@@ -219,8 +219,10 @@ def node_manifests(profile: Profile) -> list[dict[str, Any]]:
                 "status": {
                     "capacity": capacity,
                     "allocatable": dict(capacity),
-                    "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux",
-                                 "kubeletVersion": "fake", "containerRuntimeVersion": pool.runner},
+                    "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
+                                 "containerRuntimeVersion": pool.runner, "kubeProxyVersion": "fake",
+                                 "machineID": name, "systemUUID": name, "bootID": name,
+                                 "kernelVersion": "fake", "osImage": f"heterotrain {pool.runner} node"},
                 },
             })
     return nodes
