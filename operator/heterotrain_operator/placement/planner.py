@@ -1,0 +1,1039 @@
+"""The placement planner: a pure function from (cluster snapshot, job requests) to a plan.
+
+Algorithm (see ``plan``):
+
+1. *Keep.*  Jobs are visited in priority order (priority desc, then ``created``, then key).  Each running
+   worker stays where it is if its node is still usable for the job and still has room for it; otherwise it
+   is dropped from the plan (the operator replaces it).  Kept workers are never moved by later steps; only
+   preemption (step 2) removes them.
+2. *Admit* (gang, in the same order).  Every job below ``min_workers`` (pending jobs, and running jobs that
+   lost workers) gets its missing workers placed at once, fastest accepted type first.  If they do not fit
+   in free capacity, the planner moves workers placed earlier *in this round* to other accepted types of
+   their jobs (up to two moves deep), then shrinks strictly lower priority running jobs towards (never
+   below) their ``min_workers``, lowest priority and newest first.  If the gang still does not fit, every
+   tentative change is rolled back: nothing of the job is placed (a running job below min is stopped).
+3. *Price.*  Shadow prices of each accelerator type are computed from the Lagrangian dual of the aggregated
+   throughput LP of the admitted jobs (projected subgradient, fixed round count).  The reduced value of a
+   worker of job j on type t is ``relative_throughput - price[t] * per_worker``: what j gains minus what
+   those accelerators are worth to the other jobs.  This is what decides who gets scarce fast capacity.
+4. *Reseat.*  The workers placed in this round are re-placed, least flexible jobs first, each job taking
+   its best types by reduced value, so that the admitted set keeps its mins but on the right types (if
+   that packing fails, the admission placement is restored).
+5. *Grow.*  Admitted jobs below ``max_workers`` grow one worker at a time, best reduced value first.
+6. *Improve.*  A bounded local search over this round's workers: move a worker to a faster type with room,
+   or hand a node's accelerators from a worker that can move elsewhere (or that its job can spare above its
+   min) to workers of another job when total throughput strictly increases; then grow again.
+
+Priority decides admission and preemption; capacity beyond the admitted jobs' mins goes where it adds
+the most throughput, whatever the priority (higher priority pending jobs can always take it back by
+preemption).
+
+Node choice: ``Pack`` is best fit (the usable node with the fewest free accelerators that still fit, so
+whole nodes stay free for large workers); ``Spread`` is worst fit (most free accelerators).  Ties go to the
+node name.  Nodes are indexed per pool (accelerator type, resource, taints, labels) in heaps keyed by free
+accelerators, so a placement costs O(pools x distinct free counts x log nodes).
+
+Everything is deterministic: inputs are sorted by stable keys, no set or dict iteration order leaks into
+the result, and there is no randomness and no clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+from .types import (
+    EFFECT_NO_EXECUTE,
+    EFFECT_NO_SCHEDULE,
+    EFFECT_PREFER_NO_SCHEDULE,
+    PLACEMENT_PACK,
+    PLACEMENT_SPREAD,
+    REASON_CAPACITY_LIMITED,
+    REASON_INSUFFICIENT_CAPACITY,
+    REASON_INVALID_SPEC,
+    REASON_NO_MATCHING_NODES,
+    REASON_SUSPENDED,
+    REASON_TYPE_CAPS_REACHED,
+    AcceleratorOption,
+    ClusterSnapshot,
+    JobPlan,
+    JobRequest,
+    Labels,
+    Node,
+    Plan,
+    Taint,
+    Toleration,
+    WorkerSlot,
+)
+
+__all__ = ["node_usable_for", "plan", "tolerates_all"]
+
+_EPS = 1e-9
+_PRICE_ROUNDS = 200
+_INF = float("inf")
+
+
+def tolerates_all(tolerations: Sequence[Toleration], taints: Sequence[Taint]) -> bool:
+    """True when every NoSchedule/NoExecute taint is tolerated (PreferNoSchedule is only a preference)."""
+    for taint in taints:
+        if taint.effect not in (EFFECT_NO_SCHEDULE, EFFECT_NO_EXECUTE):
+            continue
+        if not any(t.tolerates(taint) for t in tolerations):
+            return False
+    return True
+
+
+def _prefers_not(tolerations: Sequence[Toleration], taints: Sequence[Taint]) -> bool:
+    """True when the node has a PreferNoSchedule taint the job does not tolerate."""
+    return any(
+        taint.effect == EFFECT_PREFER_NO_SCHEDULE and not any(t.tolerates(taint) for t in tolerations)
+        for taint in taints
+    )
+
+
+def _selector_matches(selector: Labels, labels: Labels) -> bool:
+    if not selector:
+        return True
+    have = dict(labels)
+    return all(have.get(k) == v for k, v in selector)
+
+
+def node_usable_for(node: Node, job: JobRequest, option: AcceleratorOption) -> bool:
+    """Whether a worker of ``job`` with accelerator ``option`` may run on ``node`` at all (ignoring room)."""
+    return (
+        node.ready
+        and not node.unschedulable
+        and node.accelerator == option.type
+        and node.resource_name == option.resource_name
+        and tolerates_all(job.tolerations, node.taints)
+        and _selector_matches(job.node_selector, node.labels)
+    )
+
+
+class _Node:
+    __slots__ = ("acc", "accelerator", "cpu", "idx", "kept", "mem", "name", "new", "pool", "ver")
+
+    def __init__(self, idx: int, node: Node) -> None:
+        self.idx = idx
+        self.name = node.name
+        self.accelerator = node.accelerator
+        self.acc = node.accelerators_allocatable - node.accelerators_used
+        self.cpu = node.cpu_milli_allocatable - node.cpu_milli_used
+        self.mem = node.memory_allocatable - node.memory_used
+        self.pool = -1
+        self.ver = 0
+        self.kept: dict[int, int] = {}  # job idx -> kept workers on this node
+        self.new: dict[int, int] = {}  # job idx -> workers placed in this round
+
+
+class _Pool:
+    __slots__ = ("accelerator", "buckets", "cnt", "id", "labels", "maxcap", "nodes", "resource", "taints")
+
+    def __init__(self, pid: int, accelerator: str, resource: str, taints: tuple[Taint, ...], labels: Labels):
+        self.id = pid
+        self.accelerator = accelerator
+        self.resource = resource
+        self.taints = taints
+        self.labels = labels
+        self.nodes: list[int] = []
+        self.maxcap = 0
+        self.buckets: list[list[tuple[int, int]]] = []  # free accelerators -> heap of (node idx, version)
+        self.cnt: list[int] = []  # free accelerators -> number of nodes
+
+
+class _Opt:
+    __slots__ = ("cap", "count", "new_nodes", "p", "pool_set", "pools", "r", "rank", "resource", "type")
+
+    def __init__(self, option: AcceleratorOption, rank: int, cap: int) -> None:
+        self.type = option.type
+        self.resource = option.resource_name
+        self.p = option.per_worker
+        self.r = float(option.relative_throughput)
+        self.rank = rank  # position in the job's preference order
+        self.cap = cap
+        self.count = 0
+        self.pools: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (preferred, fallback) pool ids
+        self.pool_set: frozenset[int] = frozenset()
+        self.new_nodes: dict[int, int] = {}  # node idx -> workers of this type placed in this round
+
+
+class _Job:
+    __slots__ = (
+        "admitted",
+        "cpu",
+        "dropped",
+        "idx",
+        "kept",
+        "max",
+        "mem",
+        "message",
+        "min",
+        "opt_by_type",
+        "opts",
+        "preempted",
+        "rank",
+        "reason",
+        "req",
+        "spread",
+        "total",
+    )
+
+    def __init__(self, idx: int, req: JobRequest) -> None:
+        self.idx = idx
+        self.req = req
+        self.rank = (-req.priority, req.created, req.key)
+        self.min = req.min_workers
+        self.max = req.max_workers
+        self.cpu = req.cpu_milli_per_worker
+        self.mem = req.memory_per_worker
+        self.spread = req.placement == PLACEMENT_SPREAD
+        self.opts: list[_Opt] = []  # fastest first, then the user's order
+        self.opt_by_type: dict[str, _Opt] = {}
+        self.kept: dict[int, int] = {}  # node idx -> kept workers
+        self.total = 0
+        self.admitted = False
+        self.reason: str | None = None
+        self.message: str | None = None
+        self.preempted: list[tuple[int, str]] = []  # (node idx, type)
+        self.dropped: list[str] = []  # why current workers were dropped
+
+
+def _validate(req: JobRequest) -> str | None:
+    if req.min_workers < 1:
+        return f"min_workers must be >= 1, got {req.min_workers}"
+    if req.max_workers < req.min_workers:
+        return f"max_workers ({req.max_workers}) < min_workers ({req.min_workers})"
+    if not req.accelerators:
+        return "no accelerator types accepted"
+    if req.placement not in (PLACEMENT_PACK, PLACEMENT_SPREAD):
+        return f"placement must be Pack or Spread, got {req.placement!r}"
+    if req.cpu_milli_per_worker < 0 or req.memory_per_worker < 0:
+        return "negative cpu or memory request"
+    seen: set[str] = set()
+    for o in req.accelerators:
+        if o.type in seen:
+            return f"accelerator type {o.type} listed twice"
+        seen.add(o.type)
+        if o.per_worker < 1:
+            return f"per_worker must be >= 1 for {o.type}"
+        if not o.relative_throughput >= 0:
+            return f"relative_throughput must be >= 0 for {o.type}"
+        if o.max_workers is not None and o.max_workers < 0:
+            return f"max_workers must be >= 0 for {o.type}"
+    caps = sum(req.max_workers if o.max_workers is None else o.max_workers for o in req.accelerators)
+    if caps < req.min_workers:
+        return f"per-type max_workers add up to {caps} < min_workers {req.min_workers}"
+    return None
+
+
+class _Planner:
+    """Mutable working state for one call of ``plan``."""
+
+    def __init__(self, snapshot: ClusterSnapshot, requests: Sequence[JobRequest]) -> None:
+        names = [n.name for n in snapshot.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate node names in snapshot")
+        keys = [r.key for r in requests]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate job keys")
+        src_nodes = sorted(snapshot.nodes, key=lambda n: n.name)
+        self.src_nodes = src_nodes
+        self.nodes = [_Node(i, n) for i, n in enumerate(src_nodes)]
+        self.by_name = {n.name: n for n in self.nodes}
+        # Pools: usable accelerator nodes grouped by everything eligibility depends on.
+        pool_of: dict[tuple[str, str, tuple[Taint, ...], Labels], _Pool] = {}
+        self.pools: list[_Pool] = []
+        self.pools_by_type: dict[str, list[_Pool]] = {}
+        for n, src in zip(self.nodes, src_nodes, strict=True):
+            if not src.ready or src.unschedulable or not src.accelerator or not src.resource_name:
+                continue
+            taints = tuple(sorted(src.taints, key=lambda t: (t.key, t.value, t.effect)))
+            sig = (src.accelerator, src.resource_name, taints, src.labels)
+            pool = pool_of.get(sig)
+            if pool is None:
+                pool = _Pool(-1, src.accelerator, src.resource_name, taints, src.labels)
+                pool_of[sig] = pool
+            pool.nodes.append(n.idx)
+        for sig in sorted(pool_of, key=lambda s: (s[0], s[1], repr(s[2]), s[3])):
+            pool = pool_of[sig]
+            pool.id = len(self.pools)
+            self.pools.append(pool)
+            self.pools_by_type.setdefault(pool.accelerator, []).append(pool)
+            pool.maxcap = max(0, max(self.nodes[i].acc for i in pool.nodes))
+            pool.buckets = [[] for _ in range(pool.maxcap + 1)]
+            pool.cnt = [0] * (pool.maxcap + 1)
+            for i in pool.nodes:
+                n = self.nodes[i]
+                n.pool = pool.id
+                if n.acc >= 0:
+                    pool.buckets[n.acc].append((n.idx, n.ver))
+                    pool.cnt[n.acc] += 1
+            for b in pool.buckets:
+                heapq.heapify(b)
+        # Jobs, in priority order.
+        self.jobs = [
+            _Job(i, r) for i, r in enumerate(sorted(requests, key=lambda r: (-r.priority, r.created, r.key)))
+        ]
+        elig_cache: dict[
+            tuple[tuple[Toleration, ...], Labels, int], tuple[tuple[int, ...], tuple[int, ...]]
+        ] = {}
+        for j in self.jobs:
+            req = j.req
+            err = _validate(req)
+            if err is not None:
+                j.reason, j.message = REASON_INVALID_SPEC, err
+                continue
+            opts: list[_Opt] = []
+            for rank, o in enumerate(req.accelerators):
+                cap = req.max_workers if o.max_workers is None else min(o.max_workers, req.max_workers)
+                opt = _Opt(o, rank, cap)
+                pref: list[int] = []
+                fallback: list[int] = []
+                for pool in self.pools_by_type.get(o.type, []):
+                    if pool.resource != o.resource_name:
+                        continue
+                    ck = (req.tolerations, req.node_selector, pool.id)
+                    hit = elig_cache.get(ck)
+                    if hit is None:
+                        ok = tolerates_all(req.tolerations, pool.taints) and _selector_matches(
+                            req.node_selector, pool.labels
+                        )
+                        soft = ok and _prefers_not(req.tolerations, pool.taints)
+                        hit = ((pool.id,), ()) if ok and not soft else (((), (pool.id,)) if ok else ((), ()))
+                        elig_cache[ck] = hit
+                    pref.extend(hit[0])
+                    fallback.extend(hit[1])
+                opt.pools = (tuple(pref), tuple(fallback))
+                opt.pool_set = frozenset(pref) | frozenset(fallback)
+                opts.append(opt)
+            opts.sort(key=lambda o: (-o.r, o.rank))
+            j.opts = opts
+            j.opt_by_type = {o.type: o for o in opts}
+        # Undo log for tentative changes: (node idx, job idx, type, kept flag, +1 take / -1 give).
+        self.log: list[tuple[int, int, str, bool, int]] | None = None
+        self.pre_log: list[int] = []  # victim job idx per eviction, to undo failed admission attempts
+        self.budget = 0
+        self.prices: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ primitive moves
+
+    def _touch(self, n: _Node, old: int) -> None:
+        n.ver += 1
+        if n.pool >= 0:
+            pool = self.pools[n.pool]
+            if old >= 0:
+                pool.cnt[old] -= 1
+            if n.acc >= 0:
+                pool.cnt[n.acc] += 1
+                heapq.heappush(pool.buckets[n.acc], (n.idx, n.ver))
+
+    def _take(self, n: _Node, j: _Job, o: _Opt, kept: bool) -> None:
+        n.acc -= o.p
+        n.cpu -= j.cpu
+        n.mem -= j.mem
+        self._touch(n, n.acc + o.p)
+        d = n.kept if kept else n.new
+        d[j.idx] = d.get(j.idx, 0) + 1
+        d2 = j.kept if kept else o.new_nodes
+        d2[n.idx] = d2.get(n.idx, 0) + 1
+        o.count += 1
+        j.total += 1
+        if self.log is not None:
+            self.log.append((n.idx, j.idx, o.type, kept, 1))
+
+    def _give(self, n: _Node, j: _Job, o: _Opt, kept: bool) -> None:
+        n.acc += o.p
+        n.cpu += j.cpu
+        n.mem += j.mem
+        self._touch(n, n.acc - o.p)
+        d = n.kept if kept else n.new
+        c = d[j.idx] - 1
+        if c:
+            d[j.idx] = c
+        else:
+            del d[j.idx]
+        d2 = j.kept if kept else o.new_nodes
+        c = d2[n.idx] - 1
+        if c:
+            d2[n.idx] = c
+        else:
+            del d2[n.idx]
+        o.count -= 1
+        j.total -= 1
+        if self.log is not None:
+            self.log.append((n.idx, j.idx, o.type, kept, -1))
+
+    def _begin(self) -> int:
+        if self.log is None:
+            self.log = []
+        return len(self.log)
+
+    def _rollback(self, mark: int) -> None:
+        assert self.log is not None
+        entries = self.log[mark:]
+        del self.log[mark:]
+        saved, self.log = self.log, None
+        for nidx, jidx, typ, kept, sign in reversed(entries):
+            j = self.jobs[jidx]
+            if sign > 0:
+                self._give(self.nodes[nidx], j, j.opt_by_type[typ], kept)
+            else:
+                self._take(self.nodes[nidx], j, j.opt_by_type[typ], kept)
+        self.log = saved
+
+    def _commit(self, mark: int) -> None:
+        if mark == 0:
+            self.log = None
+
+    def _fits(self, n: _Node, j: _Job, o: _Opt) -> bool:
+        return n.acc >= o.p and n.cpu >= j.cpu and n.mem >= j.mem
+
+    def _find_in_pool(self, pool: _Pool, p: int, cpu: int, mem: int, spread: bool) -> _Node | None:
+        nodes = self.nodes
+        rng = range(pool.maxcap, p - 1, -1) if spread else range(p, pool.maxcap + 1)
+        for f in rng:
+            bucket = pool.buckets[f]
+            skipped: list[tuple[int, int]] = []
+            found: _Node | None = None
+            while bucket:
+                idx, ver = bucket[0]
+                n = nodes[idx]
+                if n.ver != ver:
+                    heapq.heappop(bucket)
+                    continue
+                if n.cpu >= cpu and n.mem >= mem:
+                    found = n
+                    break
+                skipped.append(heapq.heappop(bucket))
+            for e in skipped:
+                heapq.heappush(bucket, e)
+            if found is not None:
+                return found
+        return None
+
+    def _find(self, j: _Job, o: _Opt, exclude: int = -1) -> _Node | None:
+        """The node a new worker of job ``j`` with option ``o`` goes to, or None when none has room."""
+        for tier in o.pools:
+            best: _Node | None = None
+            for pid in tier:
+                n = self._find_in_pool(self.pools[pid], o.p, j.cpu, j.mem, j.spread)
+                if n is None or n.idx == exclude:
+                    continue
+                if best is None:
+                    best = n
+                elif j.spread:
+                    if (-n.acc, n.idx) < (-best.acc, best.idx):
+                        best = n
+                elif (n.acc, n.idx) < (best.acc, best.idx):
+                    best = n
+            if best is not None:
+                return best
+        return None
+
+    # ------------------------------------------------------------------ phase 1: keep running workers
+
+    def keep(self) -> None:
+        for j in self.jobs:
+            req = j.req
+            if not req.current:
+                continue
+            if req.suspended or j.reason == REASON_INVALID_SPEC:
+                continue
+            for slot in sorted(req.current):
+                n = self.by_name.get(slot.node)
+                o = j.opt_by_type.get(slot.type)
+                why: str | None = None
+                if n is None:
+                    why = f"node {slot.node} is gone"
+                elif o is None:
+                    why = f"type {slot.type} is no longer accepted"
+                elif n.pool < 0:
+                    src = self.src_nodes[n.idx]
+                    why = f"node {slot.node} is " + ("not ready" if not src.ready else "not schedulable")
+                elif n.accelerator != slot.type or n.pool not in o.pool_set:
+                    why = f"node {slot.node} no longer matches type, selector or tolerations"
+                elif o.count >= o.cap or j.total >= j.max:
+                    why = "above the job's max_workers"
+                elif not self._fits(n, j, o):
+                    why = f"node {slot.node} has no room left for it"
+                if why is None:
+                    assert n is not None and o is not None
+                    self._take(n, j, o, kept=True)
+                else:
+                    j.dropped.append(why)
+
+    # ------------------------------------------------------------------ phase 2: gang admission
+
+    def _fill(self, j: _Job, need: int, only: _Node | None = None, opts: Sequence[_Opt] | None = None) -> int:
+        """Place up to ``need`` new workers of ``j`` (types in ``opts`` order, default fastest first)."""
+        placed = 0
+        for o in j.opts if opts is None else opts:
+            while placed < need and o.count < o.cap and j.total < j.max:
+                if only is not None:
+                    if only.pool not in o.pool_set or not self._fits(only, j, o):
+                        break
+                    n: _Node | None = only
+                else:
+                    n = self._find(j, o)
+                if n is None:
+                    break
+                self._take(n, j, o, kept=False)
+                placed += 1
+            if placed >= need:
+                break
+        return placed
+
+    def _by_value(self, j: _Job) -> list[_Opt]:
+        """The job's types, best reduced value (throughput minus the price of the accelerators) first."""
+        prices = self.prices
+        return sorted(j.opts, key=lambda o: (-(o.r - prices.get(o.type, 0.0) * o.p), -o.r, o.rank))
+
+    def _make_room(self, n: _Node, p: int, cpu: int, mem: int, protect: frozenset[int], depth: int) -> bool:
+        """Move workers placed in this round off ``n`` (not those of ``protect`` jobs) onto other accepted
+        types of their jobs until ``p`` accelerators, ``cpu`` and ``mem`` are free there.  With ``depth`` > 0
+        a moved worker may in turn displace others on its new node.  Changes are left for the caller to
+        commit or roll back."""
+        while not (n.acc >= p and n.cpu >= cpu and n.mem >= mem):
+            moved = False
+            for aidx in sorted(n.new):
+                if aidx in protect:
+                    continue
+                a = self.jobs[aidx]
+                oa = a.opt_by_type[n.accelerator or ""]
+                for ob in self._by_value(a):
+                    if ob.type == oa.type or ob.count >= ob.cap or not ob.pool_set:
+                        continue
+                    m = self._find(a, ob)
+                    if m is None and depth > 0:
+                        m = self._room_elsewhere(a, ob, protect | {aidx}, depth - 1)
+                    if m is not None:
+                        self._give(n, a, oa, kept=False)
+                        self._take(m, a, ob, kept=False)
+                        moved = True
+                        break
+                if moved:
+                    break
+            if not moved:
+                return False
+        return True
+
+    def _room_elsewhere(self, a: _Job, ob: _Opt, protect: frozenset[int], depth: int) -> _Node | None:
+        """A node of ``ob``'s pools on which room for one worker of ``a`` can be made, or None."""
+        cands: list[_Node] = []
+        for pid in ob.pools[0] + ob.pools[1]:
+            for i in self.pools[pid].nodes:
+                self.budget -= 1
+                m = self.nodes[i]
+                if m.new and any(x not in protect for x in m.new):
+                    cands.append(m)
+        cands.sort(key=lambda m: (-m.acc, m.idx))
+        for m in cands[:8]:
+            if self.budget <= 0:
+                return None
+            mark = self._begin()
+            if self._make_room(m, ob.p, a.cpu, a.mem, protect, depth):
+                return m
+            self._rollback(mark)
+        return None
+
+    def _relocate_for(self, j: _Job, need: int) -> int:
+        """Make room for ``j`` by moving workers placed earlier in this round onto their other types."""
+        order = {o.type: i for i, o in enumerate(self._by_value(j))}
+        cand: set[int] = set()
+        for a in self.jobs:
+            if a is j or not a.admitted:
+                continue
+            for oa in a.opts:
+                oj = j.opt_by_type.get(oa.type)
+                if oj is None or not oa.new_nodes:
+                    continue
+                cand.update(i for i in oa.new_nodes if self.nodes[i].pool in oj.pool_set)
+        placed = 0
+        nodes = self.nodes
+        protect = frozenset((j.idx,))
+        for nidx in sorted(cand, key=lambda i: (order[nodes[i].accelerator or ""], -nodes[i].acc, i)):
+            if placed >= need or j.total >= j.max:
+                break
+            n = nodes[nidx]
+            oj = j.opt_by_type[n.accelerator or ""]
+            while placed < need and oj.count < oj.cap and j.total < j.max:
+                got = 0
+                for depth in (0, 1):
+                    if depth and self.budget <= 0:
+                        break
+                    mark = self._begin()
+                    if self._make_room(n, oj.p, j.cpu, j.mem, protect, depth):
+                        got = self._fill(j, need - placed, only=n)
+                    if got:
+                        placed += got
+                        break
+                    self._rollback(mark)
+                if not got:
+                    break
+        return placed
+
+    def _preempt_for(self, j: _Job, need: int) -> int:
+        """Shrink strictly lower priority jobs towards their min on nodes ``j`` can use, placing ``j`` there."""
+        prio = j.req.priority
+        spare: dict[int, int] = {}
+        victims: list[_Job] = []
+        for v in self.jobs:
+            if v.req.priority < prio and v.kept and v.total > v.min:
+                spare[v.idx] = v.total - v.min
+                victims.append(v)
+        if not victims:
+            return 0
+        # Victim order: lowest priority first, then newest first.
+        vorder = sorted(victims, key=lambda v: (v.req.priority, -v.req.created, v.req.key))
+        vrank = {v.idx: i for i, v in enumerate(vorder)}
+        cand: dict[int, int] = {}  # node idx -> best victim rank on it
+        for v in vorder:
+            for nidx in v.kept:
+                n = self.nodes[nidx]
+                if n.pool < 0 or not any(n.pool in o.pool_set for o in j.opts):
+                    continue
+                r = vrank[v.idx]
+                if nidx not in cand or r < cand[nidx]:
+                    cand[nidx] = r
+        placed = 0
+        for nidx in sorted(cand, key=lambda i: (cand[i], i)):
+            if placed >= need:
+                break
+            n = self.nodes[nidx]
+            while placed < need:
+                got = self._fill(j, 1, only=n)
+                if got:
+                    placed += got
+                    continue
+                # Evict the cheapest victim worker on this node, if that can help.
+                opts_here = [o for o in j.opts if n.pool in o.pool_set and o.count < o.cap]
+                if not opts_here or j.total >= j.max:
+                    break
+                here = sorted((vrank[vi], vi) for vi in n.kept if vi in vrank and spare[vi] > 0)
+                if not here:
+                    break
+                acc = n.acc + sum(
+                    self.jobs[vi].opt_by_type[n.accelerator or ""].p * min(n.kept[vi], spare[vi])
+                    for _, vi in here
+                )
+                cpu = n.cpu + sum(self.jobs[vi].cpu * min(n.kept[vi], spare[vi]) for _, vi in here)
+                mem = n.mem + sum(self.jobs[vi].mem * min(n.kept[vi], spare[vi]) for _, vi in here)
+                if not any(acc >= o.p and cpu >= j.cpu and mem >= j.mem for o in opts_here):
+                    break
+                v = self.jobs[here[0][1]]
+                ov = v.opt_by_type[n.accelerator or ""]
+                self._give(n, v, ov, kept=True)
+                spare[v.idx] -= 1
+                v.preempted.append((nidx, ov.type))
+                self.pre_log.append(v.idx)
+        return placed
+
+    def _fit_report(self, j: _Job) -> str:
+        parts = []
+        for o in j.opts:
+            free = 0
+            fit = 0
+            for pid in o.pools[0] + o.pools[1]:
+                cnt = self.pools[pid].cnt
+                for f in range(1, len(cnt)):
+                    free += f * cnt[f]
+                    fit += (f // o.p) * cnt[f]
+            fit = min(fit, max(0, o.cap - o.count), max(0, j.max - j.total))
+            parts.append(f"{o.type} {fit} fit ({free} free, {o.p} per worker)")
+        return ", ".join(parts)
+
+    def admit(self) -> None:
+        self.budget = 20 * len(self.nodes) + 50 * len(self.jobs) + 1000
+        for j in self.jobs:
+            req = j.req
+            if j.reason == REASON_INVALID_SPEC:
+                continue
+            if req.suspended:
+                j.reason, j.message = REASON_SUSPENDED, "job is suspended"
+                continue
+            need = j.min - j.total
+            if need <= 0:
+                j.admitted = True
+                continue
+            if not any(o.pools[0] or o.pools[1] for o in j.opts):
+                self._drop_kept(j)
+                j.reason = REASON_NO_MATCHING_NODES
+                types = ", ".join(f"{o.type} ({o.resource})" for o in j.opts)
+                j.message = (
+                    f"no ready, schedulable node of an accepted type [{types}] matches the job's "
+                    "node selector and tolerations"
+                )
+                continue
+            mark = self._begin()
+            pmark = len(self.pre_log)
+            placed = self._fill(j, need, opts=self._by_value(j))
+            if placed < need:
+                placed += self._relocate_for(j, need - placed)
+            if placed < need:
+                placed += self._preempt_for(j, need - placed)
+            if placed < need:
+                self._rollback(mark)
+                self._commit(mark)
+                while len(self.pre_log) > pmark:  # evictions of the failed attempt are undone too
+                    self.jobs[self.pre_log.pop()].preempted.pop()
+                running = j.total
+                self._drop_kept(j)
+                j.reason = REASON_INSUFFICIENT_CAPACITY
+                lost = f"; lost {len(j.dropped)} running worker(s): {j.dropped[0]}" if j.dropped else ""
+                have = f" (has {running} running)" if running else ""
+                j.message = (
+                    f"needs {j.min} workers at once{have}, not enough fit: {self._fit_report(j)}{lost}"
+                )
+                continue
+            self._commit(mark)
+            j.admitted = True
+
+    def _drop_kept(self, j: _Job) -> None:
+        for nidx in sorted(j.kept):
+            n = self.nodes[nidx]
+            o = j.opt_by_type[n.accelerator or ""]
+            for _ in range(j.kept[nidx]):
+                self._give(n, j, o, kept=True)
+
+    def price(self) -> None:
+        """Shadow prices of accelerators per type, from the dual of the aggregated throughput LP.
+
+        The LP: maximise sum r[j,t] x[j,t] subject to sum_j p[j,t] x[j,t] <= free[t] per type and, per
+        admitted job, min <= sum_t x[j,t] <= max and x[j,t] <= cap[j,t] (all net of kept workers).  Its
+        Lagrangian dual over the per-type capacity rows is minimised by projected subgradient descent over
+        a fixed number of rounds (the best iterate wins).  A job's "reduced value" of a worker of type t is
+        then r[j,t] - price[t] * p[j,t]: what it gains minus what the accelerators are worth to others.
+        """
+        free: dict[str, int] = {}
+        for pool in self.pools:
+            free[pool.accelerator] = free.get(pool.accelerator, 0) + sum(
+                f * c for f, c in enumerate(pool.cnt)
+            )
+        for j in self.jobs:  # workers placed in this round are re-placed by reseat(): count them as free
+            for o in j.opts:
+                if o.new_nodes and o.type in free:
+                    free[o.type] += o.p * sum(o.new_nodes.values())
+        types = sorted(t for t, f in free.items() if f > 0)
+        if not types:
+            return
+        tix = {t: i for i, t in enumerate(types)}
+        cap = [float(free[t]) for t in types]
+        rows: list[tuple[int, int, list[tuple[int, int, float, int]]]] = []
+        for j in self.jobs:
+            if not j.admitted:
+                continue
+            kept = sum(j.kept.values())
+            hi = j.max - kept
+            if hi <= 0:
+                continue
+            lo = max(0, j.min - kept)
+            opts: list[tuple[int, int, float, int]] = []
+            for o in j.opts:
+                c = o.cap - (o.count - sum(o.new_nodes.values()))
+                if o.pool_set and o.type in tix and c > 0:
+                    opts.append((tix[o.type], o.p, o.r, c))
+            if opts:
+                rows.append((lo, hi, opts))
+        if not rows:
+            return
+        scale = [1e-6] * len(types)
+        for _, _, opts in rows:
+            for t, p, r, _ in opts:
+                scale[t] = max(scale[t], r / p)
+        lam = [0.0] * len(types)
+        best = (_INF, list(lam))
+        stall = 0
+        for k in range(_PRICE_ROUNDS):
+            dual = sum(c * x for c, x in zip(cap, lam, strict=True))
+            dem = [0.0] * len(types)
+            for lo, hi, opts in rows:
+                ranked = sorted(opts, key=lambda o: o[2] - lam[o[0]] * o[1], reverse=True)
+                tot = 0
+                for t, p, r, c in ranked:
+                    if tot >= hi:
+                        break
+                    rho = r - lam[t] * p
+                    if rho > 0:
+                        take = min(c, hi - tot)
+                    elif tot < lo:
+                        take = min(c, lo - tot)
+                    else:
+                        break
+                    dual += take * rho
+                    dem[t] += take * p
+                    tot += take
+            if dual < best[0] - 1e-12:
+                best = (dual, list(lam))
+                stall = 0
+            else:
+                stall += 1
+                if stall > 40:
+                    break
+            step = 0.5 / (k + 1) ** 0.5
+            for t in range(len(types)):
+                lam[t] = max(0.0, lam[t] - step * scale[t] * (cap[t] - dem[t]) / cap[t])
+        self.prices = {t: best[1][i] for i, t in enumerate(types)}
+
+    def reseat(self) -> None:
+        """Re-place the workers placed in this round, each job taking its best types by reduced value.
+
+        Admission (priority order, fastest type first) decided who runs; this decides where the min
+        workers of the newly admitted jobs go, least flexible jobs first.  If that does not fit every job's
+        min (bin packing is not exact), the admission placement is restored.
+        """
+        if not self.prices:
+            return
+        moved: list[tuple[int, int, str]] = []
+        for j in self.jobs:
+            for o in j.opts:
+                for nidx, c in sorted(o.new_nodes.items()):
+                    moved.extend([(nidx, j.idx, o.type)] * c)
+        for nidx, jidx, t in moved:
+            j = self.jobs[jidx]
+            self._give(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
+        ok = True
+        flex = sorted(self.jobs, key=lambda j: (sum(1 for o in j.opts if o.pool_set), j.rank))
+        for j in flex:
+            if not j.admitted or j.total >= j.min:
+                continue
+            self._fill(j, j.min - j.total, opts=self._by_value(j))
+            if j.total < j.min:
+                ok = False
+                break
+        if not ok:
+            for j in self.jobs:
+                for o in j.opts:
+                    for nidx, c in sorted(o.new_nodes.items()):
+                        for _ in range(c):
+                            self._give(self.nodes[nidx], j, o, kept=False)
+            for nidx, jidx, t in moved:
+                j = self.jobs[jidx]
+                self._take(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
+        self.reseated = ok
+
+    # ------------------------------------------------------------------ phase 3: growth
+
+    def grow(self) -> int:
+        heap: list[tuple[float, float, tuple[int, float, str], int, int, int]] = []
+        for j in self.jobs:
+            if not j.admitted or j.total >= j.max:
+                continue
+            for k, o in enumerate(j.opts):
+                if o.count >= o.cap or not o.pool_set:
+                    continue
+                rho = o.r - self.prices.get(o.type, 0.0) * o.p
+                heap.append((-rho, -o.r, j.rank, o.rank, j.idx, k))
+        heapq.heapify(heap)
+        added = 0
+        while heap:
+            _, _, _, _, jidx, k = heap[0]
+            j = self.jobs[jidx]
+            o = j.opts[k]
+            if j.total >= j.max or o.count >= o.cap:
+                heapq.heappop(heap)
+                continue
+            n = self._find(j, o)
+            if n is None:
+                heapq.heappop(heap)
+                continue
+            self._take(n, j, o, kept=False)
+            added += 1
+        return added
+
+    # ------------------------------------------------------------------ phase 4: local improvement
+
+    def _upgrade(self) -> bool:
+        """Move workers placed in this round to a faster accepted type that has room."""
+        improved = False
+        for j in self.jobs:
+            if not j.admitted or len(j.opts) < 2:
+                continue
+            for fi, fast in enumerate(j.opts):
+                while fast.count < fast.cap:
+                    slow = next(
+                        (o for o in reversed(j.opts[fi + 1 :]) if o.new_nodes and o.r < fast.r - _EPS), None
+                    )
+                    if slow is None:
+                        break
+                    n = self._find(j, fast)
+                    if n is None:
+                        break
+                    # Take the slow worker off the node it leaves the most free.
+                    src = min(slow.new_nodes, key=lambda i: (-self.nodes[i].acc, i))
+                    self._give(self.nodes[src], j, slow, kept=False)
+                    self._take(n, j, fast, kept=False)
+                    improved = True
+        return improved
+
+    def _exchange(self) -> bool:
+        """Give a node's accelerators to workers of another job that yield more throughput there."""
+        improved = False
+        wanting: list[tuple[float, tuple[int, float, str], int, int]] = []
+        for b in self.jobs:
+            if not b.admitted or b.total >= b.max:
+                continue
+            for k, ob in enumerate(b.opts):
+                if ob.count < ob.cap and ob.pool_set and ob.r > _EPS:
+                    wanting.append((-ob.r / ob.p, b.rank, b.idx, k))
+        wanting.sort()
+        # Victim jobs per type: admitted jobs with workers of that type placed in this round.
+        by_type: dict[str, list[tuple[float, tuple[int, float, str], int]]] = {}
+        for a in self.jobs:
+            if a.admitted:
+                for oa in a.opts:
+                    if oa.new_nodes:
+                        by_type.setdefault(oa.type, []).append((oa.r / oa.p, a.rank, a.idx))
+        for lst in by_type.values():
+            lst.sort()
+        for _, _, bidx, k in wanting:
+            if self.budget <= 0:
+                break
+            b = self.jobs[bidx]
+            ob = b.opts[k]
+            if b.total >= b.max or ob.count >= ob.cap:
+                continue
+            dens_b = ob.r / ob.p
+            cands: list[int] = []
+            for dens_a, _, aidx in by_type.get(ob.type, ()):
+                self.budget -= 1
+                a = self.jobs[aidx]
+                oa = a.opt_by_type[ob.type]
+                if a is b or not oa.new_nodes:
+                    continue
+                # Unless a can go elsewhere, only workers worth less per accelerator are worth evicting.
+                if dens_a >= dens_b - _EPS and not any(
+                    o.r > _EPS and o.type != oa.type and o.count < o.cap for o in a.opts
+                ):
+                    continue
+                cands.append(aidx)
+            done = False
+            for aidx in cands:
+                if done or self.budget <= 0:
+                    break
+                a = self.jobs[aidx]
+                oa = a.opt_by_type[ob.type]
+                # Cheapest way for a to give up one worker of this type: move it, or drop it.
+                alt: tuple[_Opt, _Node] | None = None
+                for o2 in a.opts:
+                    if o2.type == oa.type or o2.count >= o2.cap or o2.r <= _EPS:
+                        continue
+                    m = self._find(a, o2)
+                    self.budget -= 1
+                    if m is not None:
+                        alt = (o2, m)
+                        break
+                loss = oa.r - alt[0].r if alt is not None else (oa.r if a.total > a.min else _INF)
+                if a.total > a.min and oa.r < loss:
+                    alt, loss = None, oa.r
+                if loss == _INF:
+                    continue
+                for nidx in sorted(oa.new_nodes):
+                    self.budget -= 1
+                    n = self.nodes[nidx]
+                    if n.pool not in ob.pool_set:
+                        continue
+                    acc, cpu, mem = n.acc + oa.p, n.cpu + a.cpu, n.mem + a.mem
+                    if acc < ob.p or cpu < b.cpu or mem < b.mem:
+                        continue
+                    kk = acc // ob.p
+                    if b.cpu:
+                        kk = min(kk, cpu // b.cpu)
+                    if b.mem:
+                        kk = min(kk, mem // b.mem)
+                    kk = min(kk, b.max - b.total, ob.cap - ob.count)
+                    if kk * ob.r - loss <= _EPS:
+                        continue
+                    self._give(n, a, oa, kept=False)
+                    if alt is not None:
+                        m = alt[1]
+                        if m.idx == n.idx or not self._fits(m, a, alt[0]):
+                            m2 = self._find(a, alt[0], exclude=n.idx)
+                            if m2 is None:
+                                self._take(n, a, oa, kept=False)
+                                continue
+                            m = m2
+                        self._take(m, a, alt[0], kept=False)
+                    for _ in range(kk):
+                        self._take(n, b, ob, kept=False)
+                    improved = True
+                    done = True
+                    break
+        return improved
+
+    def improve(self) -> None:
+        self.budget = 20 * (len(self.nodes) + sum(j.max for j in self.jobs if j.admitted)) + 1000
+        for _ in range(8):
+            changed = self._upgrade()
+            changed = self._exchange() or changed
+            if not changed:
+                break
+            self.grow()
+            if self.budget <= 0:
+                break
+
+    # ------------------------------------------------------------------ output
+
+    def result(self) -> Plan:
+        out: list[JobPlan] = []
+        for j in self.jobs:
+            # A worker preempted and placed again on the same node with the same type simply stays.
+            for ni, t in list(j.preempted):
+                o = j.opt_by_type.get(t)
+                if o is not None and o.new_nodes.get(ni, 0) > 0:
+                    n = self.nodes[ni]
+                    self._give(n, j, o, kept=False)
+                    self._take(n, j, o, kept=True)
+                    j.preempted.remove((ni, t))
+            workers: list[WorkerSlot] = []
+            throughput = 0.0
+            for nidx, c in j.kept.items():
+                n = self.nodes[nidx]
+                o = j.opt_by_type[n.accelerator or ""]
+                workers.extend([WorkerSlot(n.name, o.type)] * c)
+                throughput += o.r * c
+            for o in j.opts:
+                for nidx, c in o.new_nodes.items():
+                    workers.extend([WorkerSlot(self.nodes[nidx].name, o.type)] * c)
+                    throughput += o.r * c
+            workers.sort()
+            reason, message = j.reason, j.message
+            if j.admitted and j.total < j.max:
+                counts = ", ".join(f"{o.type} {o.count}/{o.cap}" for o in j.opts)
+                if all(o.count >= o.cap for o in j.opts):
+                    reason = REASON_TYPE_CAPS_REACHED
+                    message = (
+                        f"runs {j.total} of max {j.max} workers; every accepted type is at its cap: {counts}"
+                    )
+                else:
+                    reason = REASON_CAPACITY_LIMITED
+                    message = f"runs {j.total} of max {j.max} workers, no room for more: {counts}"
+            preempted = tuple(sorted(WorkerSlot(self.nodes[ni].name, t) for ni, t in j.preempted))
+            out.append(
+                JobPlan(
+                    key=j.req.key,
+                    admitted=j.admitted,
+                    workers=tuple(workers) if j.admitted else (),
+                    reason=reason,
+                    message=message,
+                    preempted=preempted,
+                    throughput=round(throughput, 9) if j.admitted else 0.0,
+                )
+            )
+        return Plan(tuple(out))
+
+
+def plan(snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], *, now: float) -> Plan:
+    """Compute the desired placement of every job's workers.
+
+    ``now`` is the planner's notion of the current time; the plan does not depend on it today but it is
+    part of the contract so that time-based policies (aging, backoff) can be added without reading a clock.
+    """
+    del now
+    p = _Planner(snapshot, jobs)
+    p.keep()
+    p.admit()
+    p.price()
+    p.reseat()
+    p.grow()
+    p.improve()
+    return p.result()
