@@ -47,6 +47,11 @@ class KubeREST:
         self._host = str(self._cfg.host).rstrip("/")
         self._ua = user_agent
 
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return self._host
+
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         h = {"Accept": "application/json", "User-Agent": self._ua}
         if content_type:

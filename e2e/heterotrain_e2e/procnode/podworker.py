@@ -519,7 +519,9 @@ class PodWorker:
         involved: JSON = {"apiVersion": "v1", "kind": "Pod", "namespace": meta["namespace"],
                           "name": meta["name"], "uid": meta["uid"]}
         if container:
-            involved["fieldPath"] = f"spec.containers{{{container}}}"
+            inits = {c.get("name") for c in pod["spec"].get("initContainers") or []}
+            kind = "initContainers" if container in inits else "containers"
+            involved["fieldPath"] = f"spec.{kind}{{{container}}}"
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},

@@ -10,6 +10,7 @@ import logging
 import os
 import platform
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -115,9 +116,12 @@ class Runner:
     # --- nodes ----------------------------------------------------------------
 
     def _make_node_info(self) -> dict[str, str]:
-        version = "v0.0.0"
+        version = "v0.0.0-procnode"
         with contextlib.suppress(Exception):
-            version = str(self.rest.get("/version").get("gitVersion") or version)
+            git = str(self.rest.get("/version").get("gitVersion") or "")
+            # A control plane built with `go install` reports "v0.0.0-master+$Format:%H$".
+            if re.fullmatch(r"v\d+\.\d+\.\d+([-+][0-9A-Za-z.+-]*)?", git) and "$" not in git:
+                version = git
         uname = os.uname()
         machine_id = ""
         with contextlib.suppress(OSError):
