@@ -155,3 +155,98 @@ def read_membership_file(path: str) -> Membership | None:
             return Membership.from_dict(json.load(f))
     except FileNotFoundError:
         return None
+
+
+# --- additions by the runtime (issue 5) -------------------------------------
+# Set by the launcher on the user process, next to the torchrun-style
+# RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT.
+ENV_EPOCH = "HETEROTRAIN_EPOCH"  # membership epoch the process was started in
+ENV_WEIGHT = "HETEROTRAIN_WEIGHT"  # this rank's weight in that epoch
+ENV_LOCAL_BATCH_SIZE = "HETEROTRAIN_LOCAL_BATCH_SIZE"  # this rank's share of the global batch
+ENV_BATCH_SPLIT = "HETEROTRAIN_BATCH_SPLIT"  # every rank's share, comma-separated, rank order
+ENV_POOL = "HETEROTRAIN_POOL"  # this rank's pool: "<index>/<count>" of its accelerator type
+ENV_RESTART_COUNT = "HETEROTRAIN_RESTART_COUNT"  # failure restarts done by the launcher so far
+# A file the launcher names and the SDK writes once it is in charge of
+# membership changes: with it the launcher does not restart the process on a
+# new epoch (the SDK re-forms its process groups at a step boundary).
+ENV_SDK_HANDSHAKE_FILE = "HETEROTRAIN_SDK_HANDSHAKE_FILE"
+# Optional knobs read by the SDK (all have defaults).
+ENV_REBALANCE_MIN_INTERVAL = "HETEROTRAIN_REBALANCE_MIN_INTERVAL_SECONDS"
+ENV_EMULATED_BASE_RATE = "HETEROTRAIN_EMULATED_BASE_RATE"  # samples/s at emulated speed 1.0
+ENV_METRICS_PORT = "HETEROTRAIN_METRICS_PORT"  # serve Prometheus metrics on this port when set
+ENV_PROGRESS_FILE = "HETEROTRAIN_PROGRESS_FILE"  # rank 0 appends one JSON line per step
+ENV_SAMPLE_LOG_DIR = "HETEROTRAIN_SAMPLE_LOG_DIR"  # every rank logs the sample indices it committed
+ENV_DATA_SEED = "HETEROTRAIN_DATA_SEED"  # seed of the global sample order
+ENV_TOTAL_STEPS = "HETEROTRAIN_TOTAL_STEPS"  # steps to train (examples/train.py)
+ENV_MEMBERSHIP_POLL_SECONDS = "HETEROTRAIN_MEMBERSHIP_POLL_SECONDS"
+
+DEFAULT_MAX_RESTARTS = 3
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 30.0
+DEFAULT_REBALANCE_MIN_INTERVAL_SECONDS = 30.0
+
+# Relative throughput of known accelerator types (samples/s relative to an
+# NVIDIA A100 80GB on a dense transformer step, bf16).  Rough public figures;
+# the runtime refines them from measured step times, so they only need to be
+# good enough for a first split.
+DEFAULT_RELATIVE_THROUGHPUT: dict[str, float] = {
+    "nvidia-h100": 3.0,
+    "nvidia-h200": 3.2,
+    "nvidia-a100": 1.0,
+    "nvidia-h20": 0.9,
+    "nvidia-l40s": 0.9,
+    "nvidia-a10": 0.4,
+    "huawei-ascend-910b": 0.8,
+    "amd-mi300x": 1.3,
+    "amd-mi250x": 0.8,
+    "cpu": 0.05,
+}
+
+# The collective backend native to each accelerator vendor, by type prefix.
+DEFAULT_BACKENDS: dict[str, str] = {
+    "nvidia": "nccl",
+    "huawei": "hccl",
+    "amd": "nccl",  # RCCL is exposed as "nccl" by ROCm builds of torch
+    "cpu": "gloo",
+}
+
+
+def relative_throughput(accelerator: str) -> float:
+    """Relative throughput of an accelerator type (1.0 when unknown)."""
+    return DEFAULT_RELATIVE_THROUGHPUT.get(accelerator, 1.0)
+
+
+def default_backend(accelerator: str) -> str:
+    """The intra-pool collective backend of an accelerator type (gloo when unknown)."""
+    return DEFAULT_BACKENDS.get(accelerator.split("-", 1)[0], "gloo")
+
+
+def split_global_batch(global_batch: int, weights: list[float]) -> list[int]:
+    """Cut ``global_batch`` samples among ranks proportionally to ``weights``.
+
+    Largest-remainder rounding: the shares sum to ``global_batch`` exactly;
+    every rank gets at least one sample when ``global_batch >= len(weights)``;
+    ties go to the lower rank, so every process computes the same split.
+    """
+    n = len(weights)
+    if n == 0:
+        return []
+    if global_batch < 0:
+        raise ValueError("global batch must be >= 0")
+    w = [max(float(x), 0.0) for x in weights]
+    if sum(w) <= 0.0:
+        w = [1.0] * n
+    total = sum(w)
+    exact = [global_batch * x / total for x in w]
+    shares = [int(e) for e in exact]
+    left = global_batch - sum(shares)
+    order = sorted(range(n), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[:left]:
+        shares[i] += 1
+    if global_batch >= n:
+        # Every rank gets at least one sample, taken from the largest share.
+        for i in range(n):
+            if shares[i] == 0:
+                donor = max(range(n), key=lambda j: (shares[j], -j))
+                shares[donor] -= 1
+                shares[i] = 1
+    return shares

@@ -1,0 +1,174 @@
+"""Process groups of a heterogeneous world and the hierarchical gradient all-reduce.
+
+NCCL (NVIDIA), HCCL (Ascend) and RCCL (AMD) cannot talk to each other, so a
+gradient sum over the whole world is done in three stages:
+
+1. reduce within each pool (ranks of one accelerator type) to the pool's
+   leader (its lowest rank), on the pool's native backend;
+2. all-reduce among the pool leaders on gloo (through host memory);
+3. broadcast from each leader back into its pool.
+
+With one pool it is a plain all-reduce on the native backend; with one rank per
+pool, stage 2 alone.  Gradients are flattened into buckets (one collective per
+bucket, not per tensor).  The world group itself is gloo: it carries the small
+control vector of every step and the state broadcast of a re-formation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_BUCKET_BYTES = 32 * 1024 * 1024
+
+
+def resolve_backend(name: str) -> str:
+    """Map a contract backend name to torch's (and import the vendor plugin)."""
+    name = (name or "gloo").lower()
+    if name == "rccl":
+        return "nccl"  # ROCm builds expose RCCL as "nccl"
+    if name == "hccl":
+        import torch_npu  # noqa: F401  (registers the HCCL backend)
+    return name
+
+
+@dataclass
+class Topology:
+    rank: int
+    world_size: int
+    pools: list[list[int]]  # global ranks of every pool, pools ordered by lowest rank
+    pool_backends: list[str]
+    my_pool: int
+    world_group: Any
+    pool_groups: list[Any]
+    leaders_group: Any
+
+    @property
+    def pool_ranks(self) -> list[int]:
+        return self.pools[self.my_pool]
+
+    @property
+    def leader(self) -> int:
+        return self.pool_ranks[0]
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == self.leader
+
+    @property
+    def leaders(self) -> list[int]:
+        return [p[0] for p in self.pools]
+
+    @property
+    def pool_group(self) -> Any:
+        return self.pool_groups[self.my_pool]
+
+
+def build_topology(rank: int, types: Sequence[str], backends: Sequence[str]) -> Topology:
+    """Create the pool and leader groups; every rank calls it with the same lists.
+
+    ``types[r]``/``backends[r]`` are rank r's accelerator type and intra-pool
+    backend.  The default group must already be initialised (gloo).
+    """
+    world = len(types)
+    order: dict[str, list[int]] = {}
+    for r, t in enumerate(types):
+        order.setdefault(t, []).append(r)
+    pools = list(order.values())
+    pool_backends = [resolve_backend(backends[p[0]]) if p else "gloo" for p in pools]
+    my_pool = next(i for i, p in enumerate(pools) if rank in p)
+    world_group = dist.group.WORLD
+    pool_groups: list[Any] = []
+    for p, b in zip(pools, pool_backends, strict=True):
+        # Every rank takes part in every new_group call, in the same order.
+        if len(p) == world and b == "gloo":
+            pool_groups.append(world_group)
+        else:
+            pool_groups.append(dist.new_group(p, backend=b))
+    leaders = [p[0] for p in pools]
+    leaders_group: Any
+    if len(pools) == 1:
+        leaders_group = None
+    elif len(leaders) == world:
+        leaders_group = world_group
+    else:
+        leaders_group = dist.new_group(leaders, backend="gloo")
+    return Topology(rank, world, pools, pool_backends, my_pool, world_group, pool_groups, leaders_group)
+
+
+def hierarchical_all_reduce(flat: torch.Tensor, topo: Topology) -> None:
+    """Sum ``flat`` over the whole world in place (see the module docstring)."""
+    if len(topo.pools) == 1:
+        dist.all_reduce(flat, group=topo.pool_group)
+        return
+    in_pool = len(topo.pool_ranks) > 1
+    if in_pool:
+        dist.reduce(flat, dst=topo.leader, group=topo.pool_group)
+    if topo.is_leader:
+        host = flat if flat.device.type == "cpu" else flat.to("cpu")
+        dist.all_reduce(host, group=topo.leaders_group)
+        if host is not flat:
+            flat.copy_(host)
+    if in_pool:
+        dist.broadcast(flat, src=topo.leader, group=topo.pool_group)
+
+
+def buckets(tensors: Iterable[torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[int]]:
+    """Indices of ``tensors`` grouped into buckets of one dtype/device, at most ~bucket_bytes each."""
+    out: list[list[int]] = []
+    current: dict[tuple[torch.dtype, torch.device], tuple[list[int], int]] = {}
+    for i, t in enumerate(tensors):
+        key = (t.dtype, t.device)
+        idx, size = current.get(key, ([], 0))
+        nbytes = t.numel() * t.element_size()
+        if idx and size + nbytes > bucket_bytes:
+            out.append(idx)
+            idx, size = [], 0
+        idx.append(i)
+        current[key] = (idx, size + nbytes)
+    out.extend(idx for idx, _ in current.values() if idx)
+    return out
+
+
+class GradientSync:
+    """Sum-reduces the gradients of ``params`` with a per-rank scale, bucketed."""
+
+    def __init__(self, params: Sequence[torch.Tensor], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.plan = buckets(self.params, bucket_bytes)
+        self._flat: dict[int, torch.Tensor] = {}
+
+    def sync(self, topo: Topology | None, scale: float) -> None:
+        """``grad <- sum over ranks of scale_r * grad_r`` (missing grads count as zeros)."""
+        for b, idx in enumerate(self.plan):
+            ps = [self.params[i] for i in idx]
+            numel = sum(p.numel() for p in ps)
+            flat = self._flat.get(b)
+            if flat is None or flat.numel() != numel:
+                flat = torch.empty(numel, dtype=ps[0].dtype, device=ps[0].device)
+                self._flat[b] = flat
+            off = 0
+            for p in ps:
+                n = p.numel()
+                if p.grad is None:
+                    flat[off : off + n].zero_()
+                else:
+                    flat[off : off + n].copy_(p.grad.reshape(-1))
+                off += n
+            if scale != 1.0:
+                flat.mul_(scale)
+            if topo is not None and topo.world_size > 1:
+                hierarchical_all_reduce(flat, topo)
+            off = 0
+            for p in ps:
+                n = p.numel()
+                view = flat[off : off + n].view_as(p)
+                if p.grad is None:
+                    p.grad = view.clone()
+                else:
+                    p.grad.copy_(view)
+                off += n

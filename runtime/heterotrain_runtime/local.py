@@ -1,0 +1,470 @@
+"""Local mode: ``heterotrain run --local --pools nvidia-a100:2,huawei-ascend-910b:1 train.py``.
+
+A supervisor plays the operator's part on one machine: it starts every worker
+as a local process through the launcher, and maintains the membership file the
+launchers read (ranks in pool order, address 127.0.0.1, a fresh free master
+port every epoch, weights from the relative-throughput table of
+:data:`contract.DEFAULT_RELATIVE_THROUGHPUT`).  Each worker emulates its
+accelerator's speed (``HETEROTRAIN_EMULATED_SPEED`` = its relative throughput,
+unless ``--no-emulate``) so that fast and slow pools are visible on one CPU.
+
+When a worker dies the supervisor publishes a new epoch without it; with
+``--replace`` it starts a new process for it and publishes another epoch with
+it once the process is ready (its SDK wrote the handshake file).  Progress
+(step, loss, samples/s per pool) is printed from rank 0's progress file.
+
+Pool syntax: ``TYPE:COUNT`` or ``TYPE:COUNT@SPEED`` (speed overrides the table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from heterotrain_runtime import contract
+from heterotrain_runtime.contract import Member, Membership
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    type: str
+    count: int
+    speed: float
+
+
+def parse_pools(spec: str) -> list[PoolSpec]:
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        speed: float | None = None
+        if "@" in part:
+            part, s = part.rsplit("@", 1)
+            speed = float(s)
+        if ":" not in part:
+            raise ValueError(f"pool {part!r}: expected TYPE:COUNT")
+        t, c = part.rsplit(":", 1)
+        count = int(c)
+        if count < 1:
+            raise ValueError(f"pool {t!r}: count must be >= 1")
+        out.append(PoolSpec(t, count, speed if speed is not None else contract.relative_throughput(t)))
+    if not out:
+        raise ValueError("no pools")
+    return out
+
+
+def free_port(span: int = 1) -> int:
+    """A free TCP port on 127.0.0.1 (``span`` consecutive ports free)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + span >= 65535:
+            continue
+        ok = True
+        for p in range(port + 1, port + span):
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise RuntimeError("no free port")
+
+
+@dataclass
+class Worker:
+    pod: str
+    type: str
+    speed: float
+    proc: subprocess.Popen[bytes] | None = None
+    workdir: str = ""
+    generation: int = 0
+    state: str = "new"  # new | starting | member | idle (alive, not a member) | done | dead
+    returncode: int | None = None
+    log_file: IO[bytes] | None = None
+    relay: threading.Thread | None = None
+
+    @property
+    def handshake(self) -> str:
+        return os.path.join(self.workdir, "sdk-handshake.json")
+
+
+@dataclass
+class LocalSupervisor:
+    pools: list[PoolSpec]
+    command: list[str]  # the training command, e.g. [python, train.py, args...]
+    workdir: str = ""
+    global_batch_size: int = 64
+    steps: int | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_interval_steps: int = 0
+    replace: bool = False
+    max_replacements: int = 3
+    emulate: bool = True
+    base_rate: float = 200.0
+    max_restarts: int = 0
+    heartbeat_timeout: float = 10.0
+    rebalance_policy: str = "Throughput"
+    rebalance_min_interval: float = 5.0
+    sample_log_dir: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    output: str = "relay"  # relay | files | quiet
+    log_every: int = 10
+    print_fn: Callable[[str], None] = print
+    python: str = sys.executable
+
+    def __post_init__(self) -> None:
+        self.workdir = self.workdir or tempfile.mkdtemp(prefix="heterotrain-local-")
+        os.makedirs(self.workdir, exist_ok=True)
+        self.membership_file = os.path.join(self.workdir, "membership.json")
+        self.progress_file = os.path.join(self.workdir, "progress.jsonl")
+        self.epoch = 0
+        self.membership: Membership | None = None
+        self.workers: list[Worker] = []
+        for pool in self.pools:
+            for i in range(pool.count):
+                self.workers.append(Worker(f"{pool.type}-{i}", pool.type, pool.speed))
+        self.replacements = 0
+        self._progress_pos = 0
+        self.last_progress: dict[str, Any] | None = None
+        self.events: list[tuple[float, str]] = []
+
+    # -- processes ---------------------------------------------------------------
+    def _env(self, w: Worker) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                contract.ENV_JOB_NAME: "local",
+                contract.ENV_NAMESPACE: "local",
+                contract.ENV_POD_NAME: w.pod,
+                contract.ENV_POD_IP: "127.0.0.1",
+                contract.ENV_NODE_NAME: socket.gethostname(),
+                contract.ENV_ACCELERATOR: w.type,
+                contract.ENV_BACKEND: "gloo",
+                contract.ENV_RELATIVE_THROUGHPUT: repr(w.speed),
+                contract.ENV_MEMBERSHIP_SOURCE: contract.MEMBERSHIP_SOURCE_FILE_PREFIX + self.membership_file,
+                contract.ENV_GLOBAL_BATCH_SIZE: str(self.global_batch_size),
+                contract.ENV_MAX_RESTARTS: str(self.max_restarts),
+                contract.ENV_HEARTBEAT_TIMEOUT: repr(self.heartbeat_timeout),
+                contract.ENV_REBALANCE_POLICY: self.rebalance_policy,
+                contract.ENV_REBALANCE_MIN_INTERVAL: repr(self.rebalance_min_interval),
+                contract.ENV_PROGRESS_FILE: self.progress_file,
+                contract.ENV_EMULATED_BASE_RATE: repr(self.base_rate),
+                "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+            }
+        )
+        if self.emulate:
+            env[contract.ENV_EMULATED_SPEED] = repr(w.speed)
+        if self.steps is not None:
+            env[contract.ENV_TOTAL_STEPS] = str(self.steps)
+        if self.checkpoint_dir:
+            env[contract.ENV_CHECKPOINT_DIR] = self.checkpoint_dir
+            if self.checkpoint_interval_steps:
+                env[contract.ENV_CHECKPOINT_INTERVAL_STEPS] = str(self.checkpoint_interval_steps)
+        if self.sample_log_dir:
+            env[contract.ENV_SAMPLE_LOG_DIR] = self.sample_log_dir
+        env.update(self.extra_env)
+        return env
+
+    def spawn(self, w: Worker) -> None:
+        w.generation += 1
+        w.workdir = os.path.join(self.workdir, "workers", f"{w.pod}.{w.generation}")
+        shutil.rmtree(w.workdir, ignore_errors=True)
+        os.makedirs(w.workdir)
+        cmd = [
+            self.python,
+            "-m",
+            contract.LAUNCH_MODULE,
+            "launch",
+            "--workdir",
+            w.workdir,
+            "--start-before-member",
+            "--poll-interval",
+            "0.1",
+            "--",
+            *self.command,
+        ]
+        stdout: Any
+        if self.output == "relay":
+            stdout = subprocess.PIPE
+        elif self.output == "files":
+            w.log_file = open(os.path.join(self.workdir, f"{w.pod}.{w.generation}.log"), "wb")  # noqa: SIM115
+            stdout = w.log_file
+        else:
+            stdout = subprocess.DEVNULL
+        w.proc = subprocess.Popen(
+            cmd, env=self._env(w), stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        w.state, w.returncode = "starting", None
+        if self.output == "relay":
+            w.relay = threading.Thread(target=self._relay, args=(w, w.proc), daemon=True)
+            w.relay.start()
+        self._event(f"started {w.pod} (generation {w.generation})")
+
+    def _relay(self, w: Worker, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text.startswith("[heterotrain] step"):
+                continue  # progress is printed by the supervisor
+            self.print_fn(f"[{w.pod}] {text}")
+
+    def user_pid(self, pod: str) -> int | None:
+        """Pid of a worker's user process (from its SDK handshake), if it is up."""
+        for w in self.workers:
+            if w.pod == pod:
+                try:
+                    with open(w.handshake, encoding="utf-8") as f:
+                        return int(json.load(f)["pid"])
+                except (FileNotFoundError, ValueError, KeyError):
+                    return None
+        return None
+
+    def add_worker(self, pod: str, type_: str, speed: float | None = None) -> Worker:
+        """A new worker process (not a member until published)."""
+        w = Worker(pod, type_, speed if speed is not None else contract.relative_throughput(type_))
+        self.workers.append(w)
+        self.spawn(w)
+        return w
+
+    def kill(self, pod: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a worker (its launcher and its user process)."""
+        for w in self.workers:
+            if w.pod == pod and w.proc is not None and w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.proc.pid, sig)
+                self._event(f"killed {pod} with signal {sig}")
+
+    def _event(self, text: str) -> None:
+        self.events.append((time.time(), text))
+        if self.output != "quiet":
+            self.print_fn(f"[supervisor] {text}")
+
+    # -- membership --------------------------------------------------------------
+    def publish(self, pods: Sequence[str] | None = None) -> None:
+        """Publish a new epoch: every live member, or exactly ``pods`` (in that rank order).
+
+        Workers left out of an explicit list stay alive but idle (their SDK
+        waits to be a member again), like a scale-down that keeps the pods.
+        """
+        if pods is None:
+            members = [w for w in self.workers if w.state == "member"]
+        else:
+            by_pod = {w.pod: w for w in self.workers}
+            members = [by_pod[p] for p in pods]
+            for w in self.workers:
+                if w in members and w.state in ("starting", "idle"):
+                    w.state = "member"
+                elif w not in members and w.state == "member":
+                    w.state = "idle"
+        self.epoch += 1
+        world = tuple(
+            Member(pod=w.pod, rank=r, type=w.type, address="127.0.0.1", weight=w.speed)
+            for r, w in enumerate(members)
+        )
+        self.membership = Membership(epoch=self.epoch, world=world, master_port=free_port())
+        contract.write_membership_file(self.membership_file, self.membership)
+        self._event(
+            f"epoch {self.epoch}: " + (", ".join(f"{m.rank}:{m.pod}" for m in world) if world else "(empty)")
+        )
+
+    # -- main loop ---------------------------------------------------------------
+    def start(self, ready_timeout: float = 120.0, pods: Sequence[str] | None = None) -> None:
+        """Spawn every worker, wait until they are ready, publish epoch 1 (all, or ``pods``)."""
+        for w in self.workers:
+            self.spawn(w)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            self._reap()
+            if all(w.state != "starting" or os.path.exists(w.handshake) for w in self.workers):
+                break
+            time.sleep(0.05)
+        if pods is None:
+            for w in self.workers:
+                if w.state == "starting":
+                    w.state = "member"
+        self.publish(pods)
+
+    def _reap(self) -> list[Worker]:
+        ended = []
+        for w in self.workers:
+            if w.proc is not None and w.state in ("starting", "member", "idle") and w.proc.poll() is not None:
+                w.returncode = w.proc.returncode
+                was_member = w.state == "member"
+                w.state = "done" if w.returncode == 0 and was_member else "dead"
+                if w.log_file is not None:
+                    w.log_file.close()
+                self._event(f"{w.pod} exited with {w.returncode}")
+                ended.append(w)
+        return ended
+
+    def poll_once(self) -> int | None:
+        """One supervision round; returns the job's exit code once it is over."""
+        ended = self._reap()
+        changed = False
+        for w in ended:
+            if w.state == "dead" and w.pod in self._member_pods():
+                changed = True
+                if self.replace and self.replacements < self.max_replacements:
+                    self.replacements += 1
+                    self.spawn(w)
+        if changed:
+            self.publish()
+        ready = [
+            w
+            for w in self.workers
+            if w.state == "starting" and w.generation > 1 and os.path.exists(w.handshake)
+        ]
+        if ready:
+            for w in ready:
+                w.state = "member"
+            self.publish()
+        self._print_progress()
+        done = [w for w in self.workers if w.state == "done"]
+        members = [w for w in self.workers if w.state == "member"]
+        if done and not members:
+            return 0
+        if not members and not any(w.state == "starting" for w in self.workers):
+            return 1
+        return None
+
+    def _member_pods(self) -> set[str]:
+        return {m.pod for m in self.membership.world} if self.membership else set()
+
+    def progress(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.progress_file, encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip().endswith("}")]
+        except FileNotFoundError:
+            return []
+
+    def _print_progress(self) -> None:
+        try:
+            with open(self.progress_file, encoding="utf-8") as f:
+                f.seek(self._progress_pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind("\n")
+        if end < 0:
+            return
+        self._progress_pos += len(chunk[: end + 1].encode("utf-8"))
+        for line in chunk[: end + 1].splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            self.last_progress = rec
+            if self.output != "quiet" and self.log_every and rec["step"] % self.log_every == 0:
+                pools = "  ".join(f"{t} {sps:7.1f}/s" for t, sps in rec["pools"].items())
+                self.print_fn(
+                    f"step {rec['step']:5d}  loss {rec['loss']:.4f}  epoch {rec['epoch']}  "
+                    f"world {rec['world']}  split {rec['split']}  {rec['samples_per_second']:7.1f} samples/s  "
+                    f"[{pools}]"
+                )
+
+    def run(self, timeout: float | None = None, poll: float = 0.1) -> int:
+        self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                rc = self.poll_once()
+                if rc is not None:
+                    return rc
+                if deadline is not None and time.monotonic() > deadline:
+                    self._event("timeout")
+                    return 124
+                time.sleep(poll)
+        finally:
+            self.shutdown()
+
+    def shutdown(self, grace: float = 10.0) -> None:
+        """SIGTERM every live worker, then SIGKILL after ``grace`` seconds."""
+        live = [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
+        for w in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + grace
+        for w in live:
+            assert w.proc is not None
+            try:
+                w.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.proc.pid, signal.SIGKILL)
+                w.proc.wait()
+        for w in self.workers:
+            if w.proc is not None:
+                # the launcher's process group also holds its user process
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.proc.pid, signal.SIGKILL)
+            if w.log_file is not None and not w.log_file.closed:
+                w.log_file.close()
+
+
+def run_local(argv: Sequence[str] | None, args: Any) -> int:
+    """Entry of ``heterotrain run --local`` (``args`` from :mod:`heterotrain_runtime.cli`)."""
+    pools = parse_pools(args.pools)
+    script_args = list(args.script_args or [])
+    if script_args and script_args[0] == "--":
+        script_args = script_args[1:]
+    command = [sys.executable, args.script, *script_args]
+    sup = LocalSupervisor(
+        pools=pools,
+        command=command,
+        workdir=args.workdir or "",
+        global_batch_size=args.global_batch_size,
+        steps=args.steps,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval_steps=args.checkpoint_interval,
+        replace=args.replace,
+        emulate=not args.no_emulate,
+        base_rate=args.base_rate,
+        max_restarts=args.max_restarts,
+        heartbeat_timeout=args.heartbeat_timeout,
+        rebalance_policy=args.rebalance_policy,
+        rebalance_min_interval=args.rebalance_min_interval,
+        log_every=args.log_every,
+    )
+    total = sum(p.count for p in pools)
+    print(
+        f"[supervisor] {total} workers: "
+        + ", ".join(f"{p.type} x{p.count} (speed {p.speed:g})" for p in pools)
+        + f"; global batch {args.global_batch_size}; workdir {sup.workdir}",
+        flush=True,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        rc = sup.run(timeout=args.timeout)
+    except KeyboardInterrupt:
+        print("[supervisor] interrupted; stopping workers", flush=True)
+        sup.shutdown()
+        return 130
+    last = sup.last_progress
+    if last is not None:
+        print(
+            f"[supervisor] finished at step {last['step']} with loss {last['loss']:.4f} (exit {rc})",
+            flush=True,
+        )
+    return rc

@@ -1,0 +1,184 @@
+"""Where a worker learns the membership of its job (stdlib only).
+
+Two sources, chosen by ``HETEROTRAIN_MEMBERSHIP_SOURCE``:
+
+* ``kubernetes`` — GET the worker's own ``HeteroTrainJob`` and read
+  ``status.membership``.  In a pod this uses plain HTTPS with the service
+  account token and CA (no client library needed in the user's image); out of a
+  cluster it falls back to the ``kubernetes`` client and ``$KUBECONFIG``.
+* ``file:<path>`` — a JSON file written atomically by the local supervisor (or
+  mirrored by the launcher for its child).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from heterotrain_runtime import contract
+from heterotrain_runtime.contract import Membership
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class MembershipSource(Protocol):
+    def read(self) -> Membership | None: ...
+
+    def describe(self) -> str: ...
+
+
+class FileSource:
+    """A membership file; re-parsed only when the file was replaced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._last: Membership | None = None
+
+    def read(self) -> Membership | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._key, self._last = None, None
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._key:
+            self._last = contract.read_membership_file(self.path)
+            self._key = key
+        return self._last
+
+    def describe(self) -> str:
+        return f"file:{self.path}"
+
+
+def membership_from_job(job: Mapping[str, Any]) -> Membership | None:
+    status = job.get("status") or {}
+    record = status.get("membership") if isinstance(status, Mapping) else None
+    if not record:
+        return None
+    return Membership.from_dict(record)
+
+
+class KubernetesSource:
+    """GET ``heterotrainjobs/<name>`` in ``<namespace>`` and parse ``status.membership``."""
+
+    def __init__(
+        self,
+        namespace: str,
+        name: str,
+        api_base: str | None = None,
+        token_path: str = f"{SA_DIR}/token",
+        ca_path: str = f"{SA_DIR}/ca.crt",
+        timeout: float = 10.0,
+    ) -> None:
+        self.namespace, self.name = namespace, name
+        self.token_path, self.ca_path, self.timeout = token_path, ca_path, timeout
+        if api_base is None:
+            host = os.environ.get("KUBERNETES_SERVICE_HOST")
+            port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+            if host:
+                if ":" in host and not host.startswith("["):
+                    host = f"[{host}]"  # IPv6
+                api_base = f"https://{host}:{port}"
+        self.api_base = api_base
+        self._client: Any = None
+
+    @property
+    def path(self) -> str:
+        return (
+            f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{self.namespace}/"
+            f"{contract.PLURAL}/{self.name}"
+        )
+
+    def describe(self) -> str:
+        return f"kubernetes:{self.namespace}/{self.name}"
+
+    def read(self) -> Membership | None:
+        return membership_from_job(self.get_job())
+
+    def get_job(self) -> Mapping[str, Any]:
+        if self.api_base is not None:
+            return self._get_https()
+        return self._get_with_client()
+
+    def _get_https(self) -> Mapping[str, Any]:
+        assert self.api_base is not None
+        req = urllib.request.Request(self.api_base + self.path, headers={"Accept": "application/json"})
+        if os.path.exists(self.token_path):
+            with open(self.token_path, encoding="utf-8") as f:  # re-read: projected tokens rotate
+                req.add_header("Authorization", f"Bearer {f.read().strip()}")
+        ctx = None
+        if self.api_base.startswith("https://"):
+            ctx = ssl.create_default_context(cafile=self.ca_path if os.path.exists(self.ca_path) else None)
+        with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
+            data: Mapping[str, Any] = json.loads(resp.read().decode("utf-8"))
+        return data
+
+    def _get_with_client(self) -> Mapping[str, Any]:
+        if self._client is None:
+            try:
+                from kubernetes import client, config  # lazy: not needed in a pod
+            except ImportError as e:  # pragma: no cover - depends on the image
+                raise RuntimeError(
+                    "not in a cluster (no KUBERNETES_SERVICE_HOST) and the kubernetes client is missing"
+                ) from e
+            load: Any = config.load_kube_config
+            load()
+            self._client = client.CustomObjectsApi()
+        job: Mapping[str, Any] = self._client.get_namespaced_custom_object(
+            contract.GROUP, contract.VERSION, self.namespace, contract.PLURAL, self.name
+        )
+        return job
+
+
+def source_from_env(env: Mapping[str, str] | None = None) -> MembershipSource:
+    env = os.environ if env is None else env
+    spec = env.get(contract.ENV_MEMBERSHIP_SOURCE, contract.MEMBERSHIP_SOURCE_KUBERNETES)
+    if spec.startswith(contract.MEMBERSHIP_SOURCE_FILE_PREFIX):
+        return FileSource(spec[len(contract.MEMBERSHIP_SOURCE_FILE_PREFIX) :])
+    if spec == contract.MEMBERSHIP_SOURCE_KUBERNETES:
+        ns = env.get(contract.ENV_NAMESPACE)
+        name = env.get(contract.ENV_JOB_NAME)
+        if not ns or not name:
+            raise ValueError(f"{contract.ENV_NAMESPACE} and {contract.ENV_JOB_NAME} must be set")
+        return KubernetesSource(ns, name)
+    raise ValueError(f"unknown membership source {spec!r}")
+
+
+# --- pure helpers -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MembershipDiff:
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    rerank: tuple[str, ...]  # pods present in both whose rank changed
+    epoch_changed: bool
+
+    @property
+    def same_world(self) -> bool:
+        return not (self.added or self.removed or self.rerank)
+
+
+def diff_membership(old: Membership | None, new: Membership) -> MembershipDiff:
+    old_ranks = {m.pod: m.rank for m in old.world} if old else {}
+    new_ranks = {m.pod: m.rank for m in new.world}
+    return MembershipDiff(
+        added=tuple(sorted(set(new_ranks) - set(old_ranks))),
+        removed=tuple(sorted(set(old_ranks) - set(new_ranks))),
+        rerank=tuple(sorted(p for p in new_ranks if p in old_ranks and old_ranks[p] != new_ranks[p])),
+        epoch_changed=old is None or old.epoch != new.epoch,
+    )
+
+
+def pools(membership: Membership) -> dict[str, list[int]]:
+    """Ranks of every accelerator type, in rank order (dict ordered by lowest rank)."""
+    out: dict[str, list[int]] = {}
+    for m in membership.world:
+        out.setdefault(m.type, []).append(m.rank)
+    return out

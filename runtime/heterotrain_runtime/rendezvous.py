@@ -1,0 +1,95 @@
+"""Rendezvous of one membership epoch on a TCPStore (used by the SDK).
+
+The store lives in the epoch's rank-0 process at ``MASTER_ADDR:MASTER_PORT``
+(the membership's address and port), keys under ``ht/e<epoch>/``.  Within an
+epoch the world may have to re-form more than once (a process failed and its
+launcher restarted it): every attempt is a *round*.  A process joins the
+current round; the round is complete when all ``world_size`` ranks joined it,
+each once; it then initialises the gloo world group under the round's prefix.
+A process that finds its rank already taken in the round (it is a restarted
+process) or whose collectives failed *bumps* the round: the first bumper of
+round R moves the counter from R to R+1, exactly once.  A fresh store (the
+rank-0 process restarted) starts at round 0 with no stale keys.
+
+Waiting is interruptible: ``abort()`` is polled, so a process leaves as soon
+as a newer epoch is published or it is asked to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+
+class Aborted(Exception):
+    """The rendezvous was abandoned (newer epoch, stop request)."""
+
+
+def _prefix(epoch: int) -> str:
+    return f"ht/e{epoch}/"
+
+
+def current_round(store: Any, epoch: int) -> int:
+    return int(store.add(_prefix(epoch) + "round", 0))
+
+
+def bump_round(store: Any, epoch: int, round_: int) -> None:
+    p = _prefix(epoch)
+    if int(store.add(f"{p}r{round_}/bump", 1)) == 1:
+        store.add(p + "round", 1)
+
+
+def join(
+    store: Any,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    abort: Callable[[], bool],
+    poll: float = 0.02,
+) -> int:
+    """Join the current round of ``epoch``; returns the round once all ranks are in it."""
+    p = _prefix(epoch)
+    while True:
+        if abort():
+            raise Aborted
+        r = current_round(store, epoch)
+        if int(store.add(f"{p}r{r}/rank{rank}", 1)) != 1:
+            bump_round(store, epoch, r)  # our rank is taken in round r: a stale round
+            continue
+        store.add(f"{p}r{r}/joined", 1)
+        while True:
+            if int(store.add(f"{p}r{r}/joined", 0)) >= world_size:
+                return r
+            if current_round(store, epoch) != r:
+                break  # someone moved on; join the new round
+            if abort():
+                raise Aborted
+            time.sleep(poll)
+
+
+def init_world(store: Any, epoch: int, round_: int, rank: int, world_size: int, timeout: float) -> None:
+    """Initialise the default (gloo) process group of a complete round."""
+    dist.init_process_group(
+        backend="gloo",
+        store=dist.PrefixStore(  # type: ignore[attr-defined]
+            f"{_prefix(epoch)}r{round_}/pg/", store
+        ),
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout),
+    )
+
+
+def make_store(addr: str, port: int, is_master: bool, timeout: float) -> Any:
+    return dist.TCPStore(  # type: ignore[attr-defined]
+        addr,
+        port,
+        None,
+        is_master,
+        timedelta(seconds=timeout),
+        wait_for_workers=False,
+    )
