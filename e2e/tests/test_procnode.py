@@ -138,6 +138,8 @@ def test_scheduled_pod_runs_to_success(cluster: Any, rest: KubeREST, ns: str) ->
     assert term["containerID"].startswith("process://")
     out = read_log(cluster, pod, "main")
     assert out.startswith("hello from ") and "python" in out  # `python` resolved to the project's env
+    # kubectl logs goes through the API server to the runner's kubelet endpoint.
+    assert cluster.kubectl("logs", "-n", ns, "ok").stdout == out
 
 
 def test_failing_command_fails_the_pod_with_its_exit_code(rest: KubeREST, ns: str) -> None:

@@ -136,3 +136,54 @@ def test_kill_leftovers_spares_a_reused_pid(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_kubelet_log_endpoint(tmp_path: Path) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from heterotrain_e2e.procnode.kubeletapi import KubeletAPI, find_log, tail_bytes
+
+    pod_dir = tmp_path / "pods" / "ns_web_uid-1"
+    pod_dir.mkdir(parents=True)
+    (pod_dir / "main.log").write_bytes(b"a\nb\nc\n")
+    (pod_dir / "main.previous.log").write_bytes(b"old\n")
+    (tmp_path / "pods" / "ns_web-2_uid-2").mkdir()
+    assert find_log(tmp_path, "ns", "web", "main", previous=False) == pod_dir / "main.log"
+    assert find_log(tmp_path, "ns", "web-2", "main", previous=False) is None
+    assert tail_bytes(b"a\nb\nc\n", 2) == b"b\nc\n"
+    assert tail_bytes(b"a\nb", 0) == b""
+
+    running = threading.Event()
+    running.set()
+    api = KubeletAPI(tmp_path, lambda ns, pod, c: running.is_set())
+    api.start()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def get(path: str) -> bytes:
+        with urllib.request.urlopen(f"https://127.0.0.1:{api.port}{path}", context=ctx, timeout=10) as r:
+            return bytes(r.read())
+
+    try:
+        assert get("/healthz") == b"ok"
+        assert get("/containerLogs/ns/web/main") == b"a\nb\nc\n"
+        assert get("/containerLogs/ns/web/main?tailLines=1") == b"c\n"
+        assert get("/containerLogs/ns/web/main?limitBytes=3") == b"a\nb"
+        assert get("/containerLogs/ns/web/main?previous=true") == b"old\n"
+        with pytest.raises(urllib.error.HTTPError):
+            get("/containerLogs/ns/nope/main")
+
+        def writer() -> None:
+            time.sleep(0.3)
+            with open(pod_dir / "main.log", "ab") as f:
+                f.write(b"d\n")
+            time.sleep(0.3)
+            running.clear()
+
+        threading.Thread(target=writer).start()
+        assert get("/containerLogs/ns/web/main?follow=true") == b"a\nb\nc\nd\n"
+    finally:
+        api.stop()

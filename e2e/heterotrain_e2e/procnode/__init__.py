@@ -17,7 +17,8 @@ the image recorded but never pulled, ``python`` resolving to the given
 interpreter's environment), restarts them per ``restartPolicy`` with
 exponential backoff, reports status through ``pods/status``, and on deletion
 sends SIGTERM, then SIGKILL after the grace period, then deletes the object
-(grace 0, UID precondition) as the kubelet does.
+(grace 0, UID precondition) as the kubelet does.  ``kubectl logs`` works
+through a minimal kubelet HTTPS endpoint serving the log files.
 
 There are no mount namespaces: a volumeMount's ``mountPath`` exists only as a
 TEXTUAL path prefix.  Every occurrence of a mount path as a path prefix in the
@@ -33,12 +34,14 @@ Layout of the state directory (``--state-dir``)::
     pvc/<ns>/<claimName>/             persistentVolumeClaim volumes, shared by all process nodes (RWX)
     ipam.json                         pod IPs handed out (uid -> IP), so a restarted runner never reuses a live one
     runner.pid                        the runner's own pid while it runs
+    kubelet.crt, kubelet.key          the self-signed certificate of the kubelet endpoint
 
 Modules: the pure core (no I/O, unit-tested without a cluster) is
 :mod:`.quantity`, :mod:`.expansion`, :mod:`.paths`, :mod:`.envresolve`,
 :mod:`.volumes`, :mod:`.lifecycle` and :mod:`.status`; the thin I/O layer is
 :mod:`.kube` (REST over the kubernetes client's connection pool),
 :mod:`.process` (subprocesses, process groups, pid files), :mod:`.ipam`,
+:mod:`.kubeletapi` (``kubectl logs``),
 :mod:`.kubeconfig`, :mod:`.podworker` (one thread per pod), :mod:`.runner`
 (nodes, leases, watches) and :mod:`.cli`.
 """

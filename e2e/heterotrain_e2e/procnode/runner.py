@@ -21,6 +21,7 @@ from . import lifecycle, status
 from .ipam import IPAllocator
 from .kube import STRATEGIC_MERGE_PATCH, ApiError, KubeREST, q
 from .kubeconfig import ApiServer
+from .kubeletapi import KubeletAPI
 from .podworker import PodWorker, WorkerContext
 from .process import kill_leftovers
 
@@ -74,6 +75,7 @@ class Runner:
             extra_env=dict(cfg.extra_env),
         )
         self._node_info: dict[str, str] = {}
+        self._kubelet_api: KubeletAPI | None = None
 
     # --- public -----------------------------------------------------------------
 
@@ -87,6 +89,11 @@ class Runner:
         if left:
             log.warning("killed %d process(es) left by a previous runner: %s", len(left), left)
         self._node_info = self._make_node_info()
+        try:
+            self._kubelet_api = KubeletAPI(self.cfg.state_dir, self._container_running, self.cfg.host_ip)
+            self._kubelet_api.start()
+        except Exception as e:  # kubectl logs is a convenience: run without it
+            log.warning("no kubelet API endpoint (kubectl logs will not work): %s", e)
         loop = threading.Thread(target=self._node_loop, name="nodes", daemon=True)
         loop.start()
         try:
@@ -112,6 +119,8 @@ class Runner:
             log.error("pod workers still running at exit: %s", stuck)
         # Anything a worker could not account for (it never happens; belt and braces).
         kill_leftovers(self.cfg.state_dir)
+        if self._kubelet_api is not None:
+            self._kubelet_api.stop()
 
     # --- nodes ----------------------------------------------------------------
 
@@ -197,7 +206,9 @@ class Runner:
 
     def _patch_node_status(self, node: JSON, now: float) -> JSON:
         name = node["metadata"]["name"]
-        patch = status.node_status_patch(node, now, self._node_info, self.cfg.host_ip, self._default_capacity())
+        port = self._kubelet_api.port if self._kubelet_api is not None else 0
+        patch = status.node_status_patch(node, now, self._node_info, self.cfg.host_ip, self._default_capacity(),
+                                         port)
         return self.rest.patch(f"/api/v1/nodes/{q(name)}/status", patch, STRATEGIC_MERGE_PATCH)
 
     def _remove_not_ready_taint(self, node: JSON) -> None:
@@ -306,6 +317,17 @@ class Runner:
         log.info("pod %s/%s bound to %s: taking it (uid %s)", pod["metadata"]["namespace"],
                  pod["metadata"]["name"], node, uid)
         w.start()
+
+    def _container_running(self, namespace: str, pod: str, container: str) -> bool:
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.key == f"{namespace}/{pod}"]
+        for w in workers:
+            try:
+                if w.st.container(container).state == lifecycle.RUNNING:
+                    return True
+            except KeyError:
+                pass
+        return False
 
     def _worker_finished(self, uid: str) -> None:
         with self._lock:

@@ -174,7 +174,7 @@ NODE_CONDITIONS = (
 
 
 def node_status_patch(node: JSON, now: float, node_info: Mapping[str, str], host_ip: str,
-                      default_capacity: Mapping[str, str]) -> JSON:
+                      default_capacity: Mapping[str, str], kubelet_port: int = 0) -> JSON:
     """A strategic-merge patch for ``nodes/status``: Ready & co., addresses, nodeInfo.
 
     Capacity and allocatable are left as created (extended resources included);
@@ -192,12 +192,11 @@ def node_status_patch(node: JSON, now: float, node_info: Mapping[str, str], host
         })
     patch: JSON = {
         "conditions": conditions,
-        "addresses": [
-            {"type": "InternalIP", "address": host_ip},
-            {"type": "Hostname", "address": node["metadata"]["name"]},
-        ],
+        # InternalIP only (the list replaced): the API server reaches the kubelet endpoint
+        # (kubectl logs) through the first address type it prefers, and Hostname comes first.
+        "addresses": [{"$patch": "replace"}, {"type": "InternalIP", "address": host_ip}],
         "nodeInfo": dict(node_info),
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
     }
     capacity = dict(status.get("capacity") or {})
     allocatable = dict(status.get("allocatable") or {})
