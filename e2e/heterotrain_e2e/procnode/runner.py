@@ -295,6 +295,12 @@ class Runner:
             w.mark_deleted()
 
     def _dispatch(self, node: str, etype: str, pod: JSON) -> None:
+        try:
+            self._dispatch_one(node, etype, pod)
+        except Exception:  # a malformed object must not stop the watch of the node
+            log.exception("pod event %s on %s: cannot handle it", etype, node)
+
+    def _dispatch_one(self, node: str, etype: str, pod: JSON) -> None:
         if (pod.get("spec") or {}).get("nodeName") != node or self.stop_event.is_set():
             return
         uid = pod["metadata"]["uid"]
