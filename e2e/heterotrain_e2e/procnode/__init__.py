@@ -24,7 +24,26 @@ There are no mount namespaces: a volumeMount's ``mountPath`` exists only as a
 TEXTUAL path prefix.  Every occurrence of a mount path as a path prefix in the
 container's command, args, env values and workingDir is replaced by the host
 directory that backs the volume (see :mod:`.paths`).  A path the program
-builds at run time from pieces the runner never sees is not rewritten.
+builds at run time from pieces the runner never sees is not rewritten.  The
+working directory is ``workingDir`` mapped the same way, a per-pod stand-in
+(``rootfs/<path>``) when no volume covers it, or ``work/`` when unset.
+
+Inside a container: ``HOSTNAME`` is the pod name; ``KUBERNETES_SERVICE_HOST``/
+``_PORT`` name the real API server; ``KUBECONFIG`` (unless the pod sets it) is
+a kubeconfig authenticating with the pod's service-account token, and
+``HETEROTRAIN_SERVICEACCOUNT_DIR`` the directory holding ``token``, ``ca.crt``
+and ``namespace`` (what ``/var/run/secrets/kubernetes.io/serviceaccount``
+would be); ``HETEROTRAIN_EMULATED_SPEED`` is the node's
+``heterotrain.io/emulated-speed`` annotation.  The rest of the environment is
+the pod's env, PATH (the interpreter's bin dir first) and a few variables of
+the runner (HOME, LANG, TZ, TMPDIR, USER, ``--pass-env``).
+
+Not supported: probes (a running container is ready), lifecycle hooks,
+resource limits (nothing is enforced), security contexts, image entrypoints
+(a container needs ``command`` or ``args``), live updates of configMap/secret
+volumes, network isolation (every pod shares the host's ports: bind to the pod
+IP to avoid clashes), kubectl exec/port-forward, admission checks (a pod bound
+with ``nodeName`` beyond the node's capacity runs anyway).
 
 Layout of the state directory (``--state-dir``)::
 
