@@ -46,24 +46,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         controlplane.down(d, quiet=True)
 
 
-_OPERATOR: list[OperatorProcess] = []
+@pytest.fixture(scope="session")
+def _operator_process(cluster: Cluster) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, cluster.dir / "logs" / "operator.log")
+    yield op
+    op.stop()  # before the cluster goes down
 
 
 @pytest.fixture
-def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+def operator(_operator_process: OperatorProcess) -> OperatorProcess:
     """A running operator (started once, restarted if a test killed it)."""
-    if not _OPERATOR:
-        _OPERATOR.append(OperatorProcess(cluster, cluster.dir / "logs" / "operator.log"))
-    op = _OPERATOR[0]
-    if not op.alive():
-        op.start()
-    yield op
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_operator() -> Iterator[None]:
-    yield
-    for op in _OPERATOR:
-        op.stop()
+    if not _operator_process.alive():
+        _operator_process.start()
+    return _operator_process
 
 

@@ -28,6 +28,7 @@ def job_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "accelerators": [{"type": "nvidia-a100"}],
         "globalBatchSize": 64,
         "tolerations": [KWOK_TOLERATION],
+        "nodeSelector": {"heterotrain.io/runner": "kwok"},
     }
     base.update(spec)
     return {"apiVersion": "heterotrain.io/v1alpha1", "kind": "HeteroTrainJob",
@@ -169,7 +170,8 @@ def test_gang_waits_with_reason_then_is_admitted_when_capacity_frees(
         nodes.append({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": f"mi300x-extra-{ns}-{i}", "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"heterotrain.io/accelerator": "amd-mi300x", "kubernetes.io/os": "linux"}},
+                         "labels": {"heterotrain.io/accelerator": "amd-mi300x", "heterotrain.io/runner": "kwok",
+                                    "kubernetes.io/os": "linux"}},
             "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
             "status": {"allocatable": {"cpu": "192", "memory": "2Ti", "pods": "110", "amd.com/gpu": "8"},
                        "capacity": {"cpu": "192", "memory": "2Ti", "pods": "110", "amd.com/gpu": "8"}},

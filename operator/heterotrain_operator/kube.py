@@ -54,12 +54,15 @@ class Kube:
     def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
               body: Any = None, content_type: str = "application/json") -> Any:
         self.calls += 1
-        resp = self.api.call_api(
-            path, method, query_params=query or [], body=body,
+        method_, url, headers, body_, _ = self.api.param_serialize(
+            method, path, query_params=query or [], body=body,
             header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            auth_settings=["BearerToken"],
         )
-        data = resp.data
+        resp = self.api.call_api(method_, url, header_params=headers, body=body_, _request_timeout=60)
+        data = resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiException(status=resp.status, reason=resp.reason, body=data.decode(errors="replace"))
         return json.loads(data) if data else None
 
     def _list(self, path: str, query: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:

@@ -279,17 +279,16 @@ def reconcile_job(
         "observedGeneration": job.generation,
         "phase": phase,
         "conditions": _conditions(old.get("conditions") or [], values, job.generation, now),
-        "workers": {
-            "desired": len(desired_slots),
-            "ready": len(world),
-            "byType": {t: {"desired": by_type_desired.get(t, 0), "ready": by_type_ready.get(t, 0)}
-                       for t in sorted(set(by_type_desired) | set(by_type_ready))},
-        },
+        "workers": {"desired": len(desired_slots), "ready": len(world)},
         "mix": _mix(by_type_ready),
         "membership": {"epoch": epoch, "masterPort": c.DEFAULT_MASTER_PORT, "world": world},
         "placement": placement or _placement_of(kept, out.apply),
         "restarts": restarts,
     }
+    by_type = {t: {"desired": by_type_desired.get(t, 0), "ready": by_type_ready.get(t, 0)}
+               for t in sorted(set(by_type_desired) | set(by_type_ready))}
+    if by_type:  # an empty map would reach the API server as null through server-side apply
+        status["workers"]["byType"] = by_type
     if waiting and phase not in TERMINAL:
         status["waitingReason"], status["waitingMessage"] = waiting
     # lastCheckpoint is not the operator's: the runtime reports it.
