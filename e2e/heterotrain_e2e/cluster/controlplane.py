@@ -279,7 +279,7 @@ def up(
             s.start("procnode", [
                 sys.executable, "-m", "heterotrain_e2e.procnode", f"--kubeconfig={kubeconfig}",
                 f"--state-dir={d / 'procnode'}", f"--label-selector={profilemod.RUNNER_LABEL}=process",
-                f"--python={sys.executable}",
+                f"--python={sys.executable}", f"--pod-cidr={pod_cidr(d)}",
             ], env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
         expect_ready = len(nodes) if process_runner else len(nodes) - len(procnodes)
@@ -306,6 +306,18 @@ def up(
     state["secondsToReady"] = round(t_ready - t_built, 2)
     _write_state(d, state)
     return ClusterInfo(d, kubeconfig, server, False, t_ready - t0)
+
+
+def pod_cidr(d: Path) -> str:
+    """A loopback /16 for the process runner's pod IPs, distinct per cluster directory.
+
+    Loopback addresses are shared by every cluster on the machine, so two clusters
+    (a developer's and the test suite's) must not hand out the same pod IPs.
+    """
+    import hashlib
+
+    octet = 2 + int(hashlib.sha256(str(d).encode()).hexdigest(), 16) % 250
+    return f"127.{octet}.0.0/16"
 
 
 def _kill_group(pid: int, sig: int) -> None:
@@ -350,11 +362,15 @@ def down(d: Path, *, quiet: bool = False, grace: float = 10.0) -> list[str]:
                 _kill_group(pid, signal.SIGKILL)
             _reap(pid)
     # Pod processes left behind by a process runner that was killed.
-    for pid in _pod_pids(d):
+    from heterotrain_e2e.procnode.process import kill_leftovers
+
+    pod_pids = _pod_pids(d)
+    kill_leftovers(d / "procnode")
+    for pid in pod_pids:
         if _pid_alive(pid):
             _kill_group(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace
-    left = [p for p in [*pids.values(), *_pod_pids(d)] if _pid_alive(p)]
+    left = [p for p in [*pids.values(), *pod_pids] if _pid_alive(p)]
     while left and time.monotonic() < deadline:
         for p in left:
             _reap(p)
