@@ -66,5 +66,5 @@ def test_unknown_type_needs_resource_name_and_duplicate_pools_are_refused():
 def test_not_yaml_and_not_a_mapping():
     with pytest.raises(p.ProfileError, match="not valid YAML"):
         p.parse("pools: [\n", "x.yaml")
-    with pytest.raises(p.ProfileError, match="x.yaml:1"):
+    with pytest.raises(p.ProfileError, match=r"x\.yaml:1"):
         p.parse("- 1\n", "x.yaml")
