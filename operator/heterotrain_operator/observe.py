@@ -78,6 +78,17 @@ def pod_node(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
+def unschedulable(pod: Mapping[str, Any]) -> bool:
+    """Pinned to a node by the planner, but the scheduler could not bind it there (capacity raced away)."""
+    spec = pod.get("spec", {})
+    if spec.get("nodeName") or spec.get("schedulingGates"):
+        return False
+    for cond in pod.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return cond.get("reason") == "Unschedulable"
+    return False
+
+
 def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
     """Effective requests of a pod: sum over containers, max with each init container."""
     total: dict[str, Decimal] = {}

@@ -68,7 +68,7 @@ def current_slots(pods: Sequence[Mapping[str, Any]]) -> list[pl.WorkerSlot]:
     out = []
     for p in live(pods):
         node = o.pod_node(p)
-        if node is not None:
+        if node is not None and not o.unschedulable(p):
             out.append(pl.WorkerSlot(node=node, type=o.worker_type(p)))
     return out
 
@@ -334,6 +334,12 @@ def _place(
     unplaced = []
     for p in alive:
         node = o.pod_node(p)
+        if o.unschedulable(p):
+            # The scheduler could not bind it where it was planned: re-plan it instead of leaving it Pending.
+            out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "Unschedulable"))
+            out.events.append(("Normal", "Replanned",
+                               f"{p['metadata']['name']} could not be bound to {node}; placing it again"))
+            continue
         if node is None:
             unplaced.append(p)
             continue

@@ -154,3 +154,17 @@ def test_success_when_all_workers_complete(settings, make_job):
     assert out.status["phase"] == "Succeeded" and out.status["completionTime"]
     done = r.reconcile_job(make_job(status=out.status, ttlSecondsAfterFinished=0), pods, None, settings, NOW)
     assert done.delete_job
+
+
+def test_pod_the_scheduler_cannot_bind_is_replanned(settings, make_job):
+    job = make_job()
+    pinned = worker_pod(job, 0, "nvidia-a100", settings, node="n1")
+    pinned["metadata"]["uid"] = "pod-0"
+    pinned["status"] = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/9 nodes are available"}]}
+    assert r.current_slots([pinned]) == [], "not offered to the planner as a placed worker"
+    out = r.reconcile_job(job, [pinned], admitted(("n2", "nvidia-a100"), ("n3", "nvidia-a100")), settings, NOW)
+    assert ("j-worker-0", "pod-0", "Unschedulable") in out.delete
+    assert any(e[1] == "Replanned" for e in out.events)
+    created = {(p["metadata"]["name"], (p["spec"].get("affinity") or {}) != {}) for p in out.apply}
+    assert ("j-worker-1", True) in created and ("j-worker-2", True) in created
