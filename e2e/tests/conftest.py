@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from heterotrain_e2e.cluster import controlplane, toolchain
 from heterotrain_e2e.testing import Cluster, OperatorProcess
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from heterotrain_e2e.cluster import controlplane
 from heterotrain_e2e.testing import Cluster, wait_for
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
+
 from heterotrain_api import HeteroTrainJobSpec, ResolvedAccelerator
 from heterotrain_runtime import contract as c
 

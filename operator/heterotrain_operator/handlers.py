@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import kopf
+
 from heterotrain_runtime import contract as c
 
 from . import metrics

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from heterotrain_runtime import contract as c
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from heterotrain_runtime import contract as c
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from heterotrain_e2e.cluster import profile as p
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from heterotrain_api import parse_spec, resolve_accelerators
 from heterotrain_operator.desired import JobView
 from heterotrain_operator.settings import Settings
