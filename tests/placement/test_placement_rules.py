@@ -6,6 +6,8 @@ import random
 from collections import Counter
 
 import pytest
+from placement_helpers import GIB, check_invariants, cluster, job, node, opt, with_current
+
 from heterotrain_operator.placement import (
     REASON_CAPACITY_LIMITED,
     REASON_INSUFFICIENT_CAPACITY,
@@ -22,7 +24,6 @@ from heterotrain_operator.placement import (
     plan,
     tolerates_all,
 )
-from placement_helpers import GIB, check_invariants, cluster, job, node, opt, with_current
 
 
 def run(snapshot: ClusterSnapshot, *jobs, now: float = 0.0) -> Plan:  # type: ignore[no-untyped-def]

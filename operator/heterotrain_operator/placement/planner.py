@@ -71,6 +71,7 @@ __all__ = ["node_usable_for", "plan", "tolerates_all"]
 _EPS = 1e-9
 _PRICE_ROUNDS = 200
 _INF = float("inf")
+_BIG = 1 << 30
 
 
 def tolerates_all(tolerations: Sequence[Toleration], taints: Sequence[Taint]) -> bool:
@@ -922,19 +923,26 @@ class _Planner:
                     if m is not None:
                         alt = (o2, m)
                         break
-                loss = oa.r - alt[0].r if alt is not None else (oa.r if a.total > a.min else _INF)
-                if a.total > a.min and oa.r < loss:
-                    alt, loss = None, oa.r
-                if loss == _INF:
-                    continue
+                spare = a.total - a.min  # workers a can drop outright
+                move_loss = oa.r - alt[0].r if alt is not None else _INF
                 for nidx in sorted(oa.new_nodes):
                     self.budget -= 1
                     n = self.nodes[nidx]
                     if n.pool not in ob.pool_set:
                         continue
-                    acc, cpu, mem = n.acc + oa.p, n.cpu + a.cpu, n.mem + a.mem
-                    if acc < ob.p or cpu < b.cpu or mem < b.mem:
+                    # How many of a's workers must leave n so that one worker of b fits.
+                    out = max(1, -(-(ob.p - n.acc) // oa.p))
+                    if b.cpu > n.cpu:
+                        out = max(out, -(-(b.cpu - n.cpu) // a.cpu) if a.cpu else _BIG)
+                    if b.mem > n.mem:
+                        out = max(out, -(-(b.mem - n.mem) // a.mem) if a.mem else _BIG)
+                    if out > oa.new_nodes[nidx]:
                         continue
+                    drop = out <= spare and oa.r <= move_loss
+                    loss = out * (oa.r if drop else move_loss)
+                    if loss == _INF:
+                        continue
+                    acc, cpu, mem = n.acc + out * oa.p, n.cpu + out * a.cpu, n.mem + out * a.mem
                     kk = acc // ob.p
                     if b.cpu:
                         kk = min(kk, cpu // b.cpu)
@@ -943,18 +951,25 @@ class _Planner:
                     kk = min(kk, b.max - b.total, ob.cap - ob.count)
                     if kk * ob.r - loss <= _EPS:
                         continue
-                    self._give(n, a, oa, kept=False)
-                    if alt is not None:
-                        m = alt[1]
-                        if m.idx == n.idx or not self._fits(m, a, alt[0]):
-                            m2 = self._find(a, alt[0], exclude=n.idx)
-                            if m2 is None:
-                                self._take(n, a, oa, kept=False)
-                                continue
-                            m = m2
-                        self._take(m, a, alt[0], kept=False)
-                    for _ in range(kk):
-                        self._take(n, b, ob, kept=False)
+                    mark = self._begin()
+                    ok = True
+                    for _ in range(out):
+                        self._give(n, a, oa, kept=False)
+                        if not drop:
+                            assert alt is not None
+                            dest = self._find(a, alt[0], exclude=n.idx)
+                            if dest is None or alt[0].count >= alt[0].cap:
+                                ok = False
+                                break
+                            self._take(dest, a, alt[0], kept=False)
+                    if ok:
+                        for _ in range(kk):
+                            self._take(n, b, ob, kept=False)
+                    if not ok:
+                        self._rollback(mark)
+                        self._commit(mark)
+                        continue
+                    self._commit(mark)
                     improved = True
                     done = True
                     break

@@ -1,0 +1,276 @@
+"""Property tests of the placement planner over random snapshots and job sets (hypothesis)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from placement_helpers import GIB, check_invariants, job, node, opt, with_current
+
+from heterotrain_operator.placement import (
+    REASON_INSUFFICIENT_CAPACITY,
+    ClusterSnapshot,
+    JobRequest,
+    Node,
+    Plan,
+    Taint,
+    Toleration,
+    node_usable_for,
+    plan,
+)
+from heterotrain_operator.placement.baselines import plan_binpack, plan_single_type, plan_typeblind_spread
+
+TYPES = ["h100", "a100", "mi300x", "910b"]
+TAINTS = [
+    Taint("dedicated", "x", "NoSchedule"),
+    Taint("spot", "true", "PreferNoSchedule"),
+    Taint("gpu", "bad", "NoExecute"),
+]
+TOLERATIONS = [
+    Toleration("dedicated", "Equal", "x", "NoSchedule"),
+    Toleration("gpu", "Exists"),
+    Toleration(None, "Exists"),
+    Toleration("spot", "Exists", effect="PreferNoSchedule"),
+]
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def nodes_st(draw: st.DrawFn, prefix: str = "n", min_size: int = 1, max_size: int = 10) -> list[Node]:
+    out = []
+    for i in range(draw(st.integers(min_size, max_size))):
+        size = draw(st.sampled_from([1, 2, 4, 8, 8, 16]))
+        cpu = draw(st.sampled_from([16_000, 64_000, 128_000]))
+        mem = draw(st.sampled_from([64, 512, 1024])) * GIB
+        out.append(
+            node(
+                f"{prefix}-{i:02d}",
+                draw(st.sampled_from([*TYPES, *TYPES, None])),
+                size,
+                draw(st.integers(0, size)),
+                cpu=cpu,
+                cpu_used=draw(st.integers(0, cpu // 2)),
+                mem=mem,
+                mem_used=draw(st.integers(0, mem // GIB // 2)) * GIB,
+                taints=draw(st.lists(st.sampled_from(TAINTS), max_size=2, unique=True)),
+                ready=draw(st.sampled_from([True, True, True, True, False])),
+                unschedulable=draw(st.sampled_from([False, False, False, False, True])),
+                labels=draw(st.sampled_from([(), (("zone", "a"),), (("zone", "b"),)])),
+            )
+        )
+    return out
+
+
+@st.composite
+def jobs_st(draw: st.DrawFn, prefix: str = "ns/j", min_size: int = 1, max_size: int = 7) -> list[JobRequest]:
+    out = []
+    for i in range(draw(st.integers(min_size, max_size))):
+        types = draw(st.lists(st.sampled_from(TYPES), min_size=1, max_size=3, unique=True))
+        opts = [
+            opt(
+                t,
+                per=draw(st.sampled_from([1, 1, 2, 4, 8])),
+                r=draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0])),
+                cap=draw(st.one_of(st.none(), st.integers(1, 4))),
+            )
+            for t in types
+        ]
+        lo = draw(st.integers(1, 4))
+        out.append(
+            job(
+                f"{prefix}{i:02d}",
+                *opts,
+                min_w=lo,
+                max_w=lo + draw(st.integers(0, 6)),
+                prio=draw(st.integers(0, 2)),
+                created=float(draw(st.integers(0, 3))),
+                cpu=draw(st.sampled_from([0, 1_000, 8_000])),
+                mem=draw(st.sampled_from([0, 8 * GIB])),
+                tolerations=draw(st.lists(st.sampled_from(TOLERATIONS), max_size=2, unique=True)),
+                selector=draw(st.sampled_from([(), (("zone", "a"),)])),
+                placement=draw(st.sampled_from(["Pack", "Pack", "Spread"])),
+                suspended=draw(st.sampled_from([False] * 9 + [True])),
+            )
+        )
+    return out
+
+
+@st.composite
+def evolution_st(
+    draw: st.DrawFn,
+) -> tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]]:
+    """A first round (all pending), then a changed cluster with the first plan applied and new jobs."""
+    nodes = draw(nodes_st())
+    jobs = draw(jobs_st())
+    snap1 = ClusterSnapshot(tuple(nodes))
+    first = plan(snap1, jobs, now=0.0)
+    running = with_current(jobs, first)
+    # Nodes fail, get cordoned, disappear or join.
+    changed: list[Node] = []
+    for n in nodes:
+        fate = draw(st.sampled_from(["same"] * 6 + ["down", "cordon", "gone"]))
+        if fate == "same":
+            changed.append(n)
+        elif fate == "down":
+            changed.append(replace(n, ready=False))
+        elif fate == "cordon":
+            changed.append(replace(n, unschedulable=True))
+    changed += draw(nodes_st(prefix="new", min_size=0, max_size=3))
+    newcomers = draw(jobs_st(prefix="ns/new", min_size=0, max_size=3))
+    return snap1, jobs, ClusterSnapshot(tuple(changed)), running + newcomers
+
+
+def rank(j: JobRequest) -> tuple[int, float, str]:
+    return (-j.priority, j.created, j.key)
+
+
+def usable_current(snapshot: ClusterSnapshot, j: JobRequest) -> Counter[object]:
+    nodes = {n.name: n for n in snapshot.nodes}
+    opts = {o.type: o for o in j.accelerators}
+    return Counter(
+        w
+        for w in j.current
+        if w.node in nodes and w.type in opts and node_usable_for(nodes[w.node], j, opts[w.type])
+    )
+
+
+@SETTINGS
+@given(st.data())
+def test_invariants_hold_for_fresh_clusters(data: st.DataObject) -> None:
+    nodes = data.draw(nodes_st())
+    jobs = data.draw(jobs_st())
+    snap = ClusterSnapshot(tuple(nodes))
+    result = plan(snap, jobs, now=0.0)
+    check_invariants(snap, jobs, result)
+
+
+@SETTINGS
+@given(evolution_st(), st.randoms(use_true_random=False))
+def test_invariants_determinism_and_stability_after_changes(
+    ev: tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]], rnd: random.Random
+) -> None:
+    _, _, snap, jobs = ev
+    result = plan(snap, jobs, now=5.0)
+    check_invariants(snap, jobs, result)
+
+    # Same input, any order: the same plan.
+    nodes = list(snap.nodes)
+    shuffled = list(jobs)
+    rnd.shuffle(nodes)
+    rnd.shuffle(shuffled)
+    assert plan(ClusterSnapshot(tuple(nodes)), shuffled, now=99.0) == result
+
+    by_key = {j.key: j for j in jobs}
+    for jp in result.jobs:
+        j = by_key[jp.key]
+        if not jp.admitted:
+            continue
+        # Running workers on nodes that are still usable stay, unless preempted.
+        lost = usable_current(snap, j) - Counter(jp.workers) - Counter(jp.preempted)
+        assert not lost, f"{j.key} lost {lost}"
+        if jp.preempted:
+            # Preempted only for a strictly higher priority job that needed room, and never below min.
+            assert len(jp.workers) >= j.min_workers
+            assert any(
+                other.priority > j.priority
+                and result[other.key].admitted
+                and sum(usable_current(snap, other).values()) < other.min_workers
+                for other in jobs
+            ), f"{j.key} preempted without a higher priority job in need"
+
+    # Applying the plan and planning again changes nothing (no churn).
+    again = plan(snap, with_current(jobs, result), now=10.0)
+    assert [(p.key, p.admitted, p.workers) for p in again.jobs] == [
+        (p.key, p.admitted, p.workers) for p in result.jobs
+    ]
+
+
+@SETTINGS
+@given(evolution_st())
+def test_admission_does_not_depend_on_later_pending_jobs(
+    ev: tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]],
+) -> None:
+    """Priority/FCFS order: a job's admission is decided before any pending job ranked after it is looked at,
+    so removing those jobs never changes it (lower priority jobs never block a higher priority one)."""
+    _, _, snap, jobs = ev
+    result = plan(snap, jobs, now=0.0)
+    for j in sorted(jobs, key=rank)[:4]:
+        if j.suspended:
+            continue
+        kept = [o for o in jobs if o is j or o.current or rank(o) < rank(j)]
+        alone = plan(snap, kept, now=0.0)
+        assert alone[j.key].admitted == result[j.key].admitted, j.key
+        if not result[j.key].admitted:
+            assert alone[j.key].reason == result[j.key].reason
+
+
+@SETTINGS
+@given(st.data())
+def test_gang_not_admitted_means_min_really_does_not_fit_alone_on_free_nodes(data: st.DataObject) -> None:
+    """A single pending job is admitted exactly when its min fits in the free capacity (counted per node)."""
+    nodes = data.draw(nodes_st())
+    (j,) = data.draw(jobs_st(min_size=1, max_size=1))
+    j = replace(j, suspended=False)
+    snap = ClusterSnapshot(tuple(nodes))
+    result = plan(snap, [j], now=0.0)
+    check_invariants(snap, [j], result)
+    # Upper bound on workers that can fit: per node, the best of its options, within caps.
+    per_type: Counter[str] = Counter()
+    for n in nodes:
+        for o in j.accelerators:
+            if not node_usable_for(n, j, o):
+                continue
+            k = (n.accelerators_allocatable - n.accelerators_used) // o.per_worker
+            if j.cpu_milli_per_worker:
+                k = min(k, (n.cpu_milli_allocatable - n.cpu_milli_used) // j.cpu_milli_per_worker)
+            if j.memory_per_worker:
+                k = min(k, (n.memory_allocatable - n.memory_used) // j.memory_per_worker)
+            per_type[o.type] += max(0, k)
+    fit = sum(
+        min(per_type[o.type], o.max_workers if o.max_workers is not None else j.max_workers)
+        for o in j.accelerators
+    )
+    caps = sum(o.max_workers if o.max_workers is not None else j.max_workers for o in j.accelerators)
+    if caps < j.min_workers:
+        assert not result[j.key].admitted
+    elif fit >= j.min_workers:
+        # One type per node, so per-type counts add up exactly: the job must be admitted, at up to max.
+        assert result[j.key].admitted
+        assert len(result[j.key].workers) == min(fit, j.max_workers)
+    else:
+        assert not result[j.key].admitted
+        assert result[j.key].reason in (REASON_INSUFFICIENT_CAPACITY, "NoMatchingNodes")
+
+
+def _load_benchmark():  # type: ignore[no-untyped-def]
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "placement_bench_run"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / "placement" / "run.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_baselines_produce_valid_plans_and_never_beat_the_lp_bound(data: st.DataObject) -> None:
+    bench = _load_benchmark()
+    nodes = [replace(n, taints=(), labels=()) for n in data.draw(nodes_st(max_size=8))]
+    jobs = [replace(j, tolerations=(), node_selector=()) for j in data.draw(jobs_st(max_size=5))]
+    snap = ClusterSnapshot(tuple(nodes))
+    bound = bench.lp_upper_bound(snap, jobs)
+    for fn in (plan, plan_typeblind_spread, plan_binpack, plan_single_type):
+        result: Plan = fn(snap, jobs, now=0.0)
+        check_invariants(snap, jobs, result)
+        assert result.total_throughput <= bound + 1e-6, fn.__name__
