@@ -126,6 +126,7 @@ class LocalSupervisor:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     output: str = "relay"  # relay | files | quiet
     log_every: int = 10
+    completion_grace: float = 15.0
     print_fn: Callable[[str], None] = print
     python: str = sys.executable
 
@@ -144,6 +145,7 @@ class LocalSupervisor:
         self._progress_pos = 0
         self.last_progress: dict[str, Any] | None = None
         self.events: list[tuple[float, str]] = []
+        self._completed_at: float | None = None
 
     # -- processes ---------------------------------------------------------------
     def _env(self, w: Worker) -> dict[str, str]:
@@ -316,8 +318,24 @@ class LocalSupervisor:
         return ended
 
     def poll_once(self) -> int | None:
-        """One supervision round; returns the job's exit code once it is over."""
+        """One supervision round; returns the job's exit code once it is over.
+
+        The job is over when a member finished (exit 0), like a Kubernetes job
+        whose first worker succeeds: the other members finish the same step, so
+        they get ``completion_grace`` seconds to exit by themselves (workers
+        that joined after the end would wait forever) and no new epoch is
+        published any more.
+        """
         ended = self._reap()
+        if self._completed_at is None and any(w.state == "done" for w in ended):
+            self._completed_at = time.monotonic()
+            self._event("training complete")
+        if self._completed_at is not None:
+            self._print_progress()
+            live = [w for w in self.workers if w.state in ("member", "starting", "idle")]
+            if not live or time.monotonic() - self._completed_at > self.completion_grace:
+                return 0
+            return None
         changed = False
         for w in ended:
             if w.state == "dead" and w.pod in self._member_pods():
@@ -337,10 +355,7 @@ class LocalSupervisor:
                 w.state = "member"
             self.publish()
         self._print_progress()
-        done = [w for w in self.workers if w.state == "done"]
         members = [w for w in self.workers if w.state == "member"]
-        if done and not members:
-            return 0
         if not members and not any(w.state == "starting" for w in self.workers):
             return 1
         return None

@@ -17,6 +17,7 @@ as a newer epoch is published or it is asked to stop.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -82,6 +83,27 @@ def init_world(store: Any, epoch: int, round_: int, rank: int, world_size: int, 
         world_size=world_size,
         timeout=timedelta(seconds=timeout),
     )
+
+
+def wait_for_server(
+    addr: str, port: int, abort: Callable[[], bool], timeout: float, poll: float = 0.05
+) -> None:
+    """Wait until something listens on ``addr:port`` (the rank-0 process hosts the store).
+
+    A plain socket probe fails fast and lets ``abort`` be polled, where a
+    TCPStore client would block in its own connect loop until its timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if abort():
+            raise Aborted
+        try:
+            with socket.create_connection((addr, port), timeout=min(1.0, timeout)):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no rendezvous store at {addr}:{port} after {timeout:.0f}s") from None
+            time.sleep(poll)
 
 
 def make_store(addr: str, port: int, is_master: bool, timeout: float) -> Any:

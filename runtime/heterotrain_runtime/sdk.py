@@ -367,6 +367,7 @@ class ElasticTrainer:
                 self._server_key = key
             return self._server
         self._server, self._server_key = None, None  # no longer rank 0
+        rendezvous.wait_for_server(key[0], key[1], self._abort_for(m.epoch), timeout=self.heartbeat)
         return rendezvous.make_store(key[0], key[1], False, timeout)
 
     # ---------------------------------------------------------------- forming
@@ -399,7 +400,10 @@ class ElasticTrainer:
             except rendezvous.Aborted:
                 self._teardown()
                 continue
-            except RuntimeError as e:  # store or collective failures (DistError is a RuntimeError)
+            except (
+                RuntimeError,
+                TimeoutError,
+            ) as e:  # store or collective failures (DistError is a RuntimeError)
                 log.warning("%s: forming epoch %d failed: %s", self.pod, m.epoch, str(e).splitlines()[0])
                 self._teardown()
                 if store is not None and rnd >= 0:

@@ -36,6 +36,16 @@ def _child(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple
         q.put((rank, "error", traceback.format_exc()))
 
 
+def warm_imports() -> None:
+    """Import torch.distributed.checkpoint's lazily loaded parts once, before forking."""
+    import torch.distributed.checkpoint
+    import torch.distributed.checkpoint.default_planner
+    import torch.distributed.checkpoint.filesystem
+    import torch.distributed.checkpoint.state_dict
+    import torch.distributed.checkpoint.state_dict_loader
+    import torch.distributed.checkpoint.state_dict_saver  # noqa: F401
+
+
 def run_world(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 60.0) -> list[Any]:
     """Run ``fn(rank, world, port, *args)`` in ``world`` forked processes; their results by rank.
 
@@ -43,6 +53,7 @@ def run_world(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 6
     instead of seconds of imports per process.  Stragglers are killed at the
     deadline.
     """
+    warm_imports()
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     port = free_port()

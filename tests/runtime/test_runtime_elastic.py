@@ -1,0 +1,279 @@
+"""End to end on CPU/gloo: uneven split, resize 3 -> 2 -> 4, kills and preemption.
+
+Workers are real processes (launcher + examples/train.py) driven by the local
+supervisor; the test plays the operator by publishing membership epochs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from heterotrain_runtime import contract
+from heterotrain_runtime.batching import DataCursor, SampleOrder
+from heterotrain_runtime.checkpoint import CheckpointInfo, CheckpointManager, list_checkpoints, step_dirname
+from heterotrain_runtime.local import LocalSupervisor, PoolSpec
+from heterotrain_runtime.samplelog import check_exactly_once, read_records
+from rt_helpers import EXAMPLE, PYTHON
+
+GLOBAL_BATCH = 24
+DATASET = 240  # 10 steps per data-epoch
+
+
+def _example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("heterotrain_example_train", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def reference_params(steps: int, lr: float = 0.05) -> list[torch.Tensor]:
+    """One process, the same global batches: the parameters after ``steps`` updates."""
+    ex = _example()
+    data = ex.SyntheticRegression(DATASET)
+    model = ex.build_model(seed=0)
+    opt = ex.build_optimizer(model, lr)
+    order = SampleOrder(DATASET, seed=0)
+    cursor = DataCursor()
+    for _ in range(steps):
+        epoch, start, stop = cursor.step_span(DATASET, GLOBAL_BATCH)
+        opt.zero_grad()
+        ex.loss_fn(model, data.__getitems__(order.slice(epoch, start, stop))).backward()
+        opt.step()
+        cursor.advance(DATASET, GLOBAL_BATCH)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def checkpoint_params(root: str, step: int) -> list[torch.Tensor]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    ex = _example()
+    model = ex.build_model(seed=99)  # different weights: everything must come from the checkpoint
+    opt = ex.build_optimizer(model, 0.05)
+    msd, osd = get_state_dict(model, opt)
+    state = {"model": msd, "optim": osd}
+    marker = CheckpointManager(root).load(
+        state, CheckpointInfo(step, os.path.join(root, step_dirname(step)), True)
+    )
+    assert marker is not None and marker["step"] == step
+    set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_params_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
+    assert len(got) == len(want)
+    worst = max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True))
+    assert worst < 2e-5, f"max parameter difference {worst}"
+
+
+def make_supervisor(tmp: Path, pools: list[PoolSpec], steps: int, **kw: Any) -> LocalSupervisor:
+    extra = {
+        contract.ENV_CHECKPOINT_KEEP: "1000",
+        contract.ENV_CHECKPOINT_ASYNC: "1",
+        contract.ENV_MEMBERSHIP_POLL_SECONDS: "0.05",
+        **kw.pop("extra_env", {}),
+    }
+    ckpt_every = kw.pop("checkpoint_every", 2)
+    return LocalSupervisor(
+        pools=pools,
+        command=[
+            PYTHON,
+            str(EXAMPLE),
+            "--dataset-size",
+            str(DATASET),
+            "--log-every",
+            "0",
+            "--checkpoint-interval",
+            str(ckpt_every),
+        ],
+        workdir=str(tmp / "job"),
+        global_batch_size=GLOBAL_BATCH,
+        steps=steps,
+        checkpoint_dir=str(tmp / "ckpt"),
+        sample_log_dir=str(tmp / "samples"),
+        output="files",
+        extra_env=extra,
+        **kw,
+    )
+
+
+def drive(sup: LocalSupervisor, cond: Any, timeout: float, what: str) -> int | None:
+    """Supervise until ``cond()`` holds (None) or the job ends (its exit code)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = sup.poll_once()
+        if rc is not None:
+            return rc
+        if cond():
+            return None
+        time.sleep(0.05)
+    logs = "\n".join(
+        f"--- {name}\n" + (Path(sup.workdir, name).read_text()[-3000:])
+        for name in sorted(os.listdir(sup.workdir))
+        if name.endswith(".log")
+    )
+    raise TimeoutError(f"timed out waiting for {what}; events {sup.events}\n{logs}")
+
+
+def last(sup: LocalSupervisor) -> dict[str, Any]:
+    p = sup.progress()
+    return p[-1] if p else {"step": 0, "world": 0, "epoch": 0}
+
+
+def test_uneven_split_and_resize_3_2_4_match_a_single_process(tmp_path: Path) -> None:
+    steps = 36
+    pools = [
+        PoolSpec("nvidia-a100", 2, 1.0),
+        PoolSpec("huawei-ascend-910b", 1, 2.0),
+        PoolSpec("amd-mi300x", 1, 3.0),
+    ]
+    sup = make_supervisor(tmp_path, pools, steps, base_rate=100.0, rebalance_min_interval=0.5)
+    try:
+        sup.start(pods=["nvidia-a100-0", "huawei-ascend-910b-0", "amd-mi300x-0"])  # weights 1:2:3
+        drive(sup, lambda: last(sup)["step"] >= 6, 120, "phase A (3 ranks)")
+        sup.publish(["nvidia-a100-0", "amd-mi300x-0"])  # scale down: the Ascend worker idles
+        mark = last(sup)["step"]
+        drive(sup, lambda: last(sup)["world"] == 2 and last(sup)["step"] >= mark + 4, 60, "phase B (2 ranks)")
+        # scale up: the idle worker comes back with stale state, a fresh worker joins the A100 pool
+        sup.publish(["nvidia-a100-0", "huawei-ascend-910b-0", "amd-mi300x-0", "nvidia-a100-1"])
+        rc = drive(sup, lambda: False, 120, "the end of training")
+    finally:
+        sup.shutdown()
+    assert rc == 0
+    progress = sup.progress()
+    assert [r["step"] for r in progress] == list(range(1, steps + 1))  # no step lost or repeated
+    worlds = [r["world"] for r in progress]
+    assert worlds[0] == 3 and 2 in worlds and worlds[-1] == 4
+    assert progress[0]["split"] == [4, 8, 12]  # uneven: proportional to the weights 1:2:3
+    assert any(r["world"] == 4 and len(r["types"]) == 4 for r in progress)
+
+    root = str(tmp_path / "ckpt")
+    # a checkpoint written while the world was the uneven 3-rank one
+    phase_a = [r["step"] for r in progress if r["world"] == 3]
+    ck_a = max(c.step for c in list_checkpoints(root) if c.complete and c.step in phase_a)
+    assert_params_close(checkpoint_params(root, ck_a), reference_params(ck_a))
+    # the final state after 3 -> 2 -> 4
+    assert_params_close(checkpoint_params(root, steps), reference_params(steps))
+    report = check_exactly_once(
+        read_records(str(tmp_path / "samples")), DATASET, steps, complete_epochs=[0, 1, 2]
+    )
+    assert report.ok, report.problems
+
+
+def test_exactly_once_under_kills_and_preemption(tmp_path: Path) -> None:
+    """Workers die at random (seeded) steps; every sample of an epoch is consumed exactly once."""
+    steps = 40
+    rng = random.Random(5)
+    pools = [PoolSpec("nvidia-a100", 2, 1.0), PoolSpec("huawei-ascend-910b", 1, 0.8)]
+    sup = make_supervisor(
+        tmp_path,
+        pools,
+        steps,
+        base_rate=150.0,
+        replace=True,
+        max_replacements=6,
+        max_restarts=1,
+        heartbeat_timeout=10.0,
+        checkpoint_every=3,
+    )
+    faults = [
+        (
+            "kill-worker",
+            rng.randint(3, 8),
+        ),  # the whole pod: a new epoch without it, then with its replacement
+        ("kill-process", rng.randint(12, 16)),  # the user process only: its launcher restarts it in the epoch
+        ("sigterm", rng.randint(20, 24)),  # preemption: checkpoint, leave, come back
+        ("kill-all", rng.randint(28, 32)),  # everybody: restore from the latest checkpoint
+    ]
+    done: list[str] = []
+    try:
+        sup.start()
+        for kind, at in faults:
+            drive(sup, lambda at=at: last(sup)["step"] >= at, 120, f"step {at} before {kind}")
+            members = [m.pod for m in sup.membership.world] if sup.membership else []
+            victim = rng.choice(members)
+            if kind == "kill-worker":
+                sup.kill(victim)
+            elif kind == "kill-process":
+                pid = sup.user_pid(victim)
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+            elif kind == "sigterm":
+                sup.kill(victim, signal.SIGTERM)
+            else:
+                for p in members:
+                    sup.kill(p)
+            done.append(f"{kind}:{victim}@{last(sup)['step']}")
+            mark = last(sup)["step"]
+            drive(sup, lambda mark=mark: last(sup)["step"] >= mark + 2, 120, f"progress after {kind}")
+        rc = drive(sup, lambda: False, 180, "the end of training")
+    finally:
+        sup.shutdown()
+    assert rc == 0, (done, sup.events)
+    progress = sup.progress()
+    assert progress[-1]["step"] == steps
+    epochs = {r["epoch"] for r in progress}
+    assert len(epochs) >= 4, epochs  # the membership changed several times
+    records = read_records(str(tmp_path / "samples"))
+    report = check_exactly_once(records, DATASET, steps, complete_epochs=[0, 1, 2, 3])
+    assert report.ok, (report.problems, done)
+    assert report.steps == steps
+    # the kill of everybody forced a restore from a checkpoint: some step ran twice, only one counts
+    attempts = {(r["formation"], r["step"]) for r in records if r["kind"] == "attempt"}
+    assert len(attempts) > steps
+    json.dumps(done)
+
+
+def test_cli_local_run_smoke(tmp_path: Path) -> None:
+    import subprocess
+
+    r = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "heterotrain_runtime",
+            "run",
+            "--local",
+            "--pools",
+            "nvidia-a100:1,amd-mi300x:1",
+            str(EXAMPLE),
+            "--steps",
+            "6",
+            "--global-batch-size",
+            "16",
+            "--log-every",
+            "3",
+            "--base-rate",
+            "2000",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--timeout",
+            "150",
+            "--",
+            "--dataset-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "step     6" in r.stdout and "amd-mi300x" in r.stdout
+    assert "done: 6 steps" in r.stdout
+
+
+@pytest.fixture(autouse=True)
+def _fewer_threads() -> None:
+    torch.set_num_threads(1)
