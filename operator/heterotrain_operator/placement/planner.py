@@ -70,6 +70,8 @@ __all__ = ["node_usable_for", "plan", "tolerates_all"]
 
 _EPS = 1e-9
 _PRICE_ROUNDS = 200
+_IMPROVE_BUDGET = 50  # node visits per node and per requested worker, for the local search
+_IMPROVE_ROUNDS = 20
 _INF = float("inf")
 _BIG = 1 << 30
 
@@ -799,6 +801,8 @@ class _Planner:
                 continue
             self._fill(j, j.min - j.total, opts=self._by_value(j))
             if j.total < j.min:
+                self._relocate_for(j, j.min - j.total)
+            if j.total < j.min:
                 ok = False
                 break
         if not ok:
@@ -886,6 +890,7 @@ class _Planner:
                         by_type.setdefault(oa.type, []).append((oa.r / oa.p, a.rank, a.idx))
         for lst in by_type.values():
             lst.sort()
+        alt_cache: dict[tuple[int, str], tuple[_Opt, _Node] | None] = {}
         for _, _, bidx, k in wanting:
             if self.budget <= 0:
                 break
@@ -913,16 +918,22 @@ class _Planner:
                     break
                 a = self.jobs[aidx]
                 oa = a.opt_by_type[ob.type]
-                # Cheapest way for a to give up one worker of this type: move it, or drop it.
-                alt: tuple[_Opt, _Node] | None = None
-                for o2 in a.opts:
-                    if o2.type == oa.type or o2.count >= o2.cap or o2.r <= _EPS:
-                        continue
-                    m = self._find(a, o2)
-                    self.budget -= 1
-                    if m is not None:
-                        alt = (o2, m)
-                        break
+                # Cheapest way for a to give up one worker of this type: move it (to its fastest other type
+                # with room; cached until the next change), or drop it.
+                ck = (aidx, oa.type)
+                if ck in alt_cache:
+                    alt = alt_cache[ck]
+                else:
+                    alt = None
+                    for o2 in a.opts:
+                        if o2.type == oa.type or o2.count >= o2.cap or o2.r <= _EPS:
+                            continue
+                        m = self._find(a, o2)
+                        self.budget -= 1
+                        if m is not None:
+                            alt = (o2, m)
+                            break
+                    alt_cache[ck] = alt
                 spare = a.total - a.min  # workers a can drop outright
                 move_loss = oa.r - alt[0].r if alt is not None else _INF
                 for nidx in sorted(oa.new_nodes):
@@ -970,14 +981,15 @@ class _Planner:
                         self._commit(mark)
                         continue
                     self._commit(mark)
+                    alt_cache.clear()
                     improved = True
                     done = True
                     break
         return improved
 
     def improve(self) -> None:
-        self.budget = 20 * (len(self.nodes) + sum(j.max for j in self.jobs if j.admitted)) + 1000
-        for _ in range(8):
+        self.budget = _IMPROVE_BUDGET * (len(self.nodes) + sum(j.max for j in self.jobs if j.admitted)) + 1000
+        for _ in range(_IMPROVE_ROUNDS):
             changed = self._upgrade()
             changed = self._exchange() or changed
             if not changed:
