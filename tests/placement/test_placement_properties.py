@@ -6,7 +6,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from placement_helpers import GIB, check_invariants, job, node, opt, with_current
 
@@ -121,6 +121,8 @@ def evolution_st(
             changed.append(replace(n, unschedulable=True))
     changed += draw(nodes_st(prefix="new", min_size=0, max_size=3))
     newcomers = draw(jobs_st(prefix="ns/new", min_size=0, max_size=3))
+    # Some newcomers outrank every running job, so that preemption gets exercised.
+    newcomers = [replace(j, priority=j.priority + draw(st.sampled_from([0, 3]))) for j in newcomers]
     return snap1, jobs, ClusterSnapshot(tuple(changed)), running + newcomers
 
 
@@ -148,12 +150,47 @@ def test_invariants_hold_for_fresh_clusters(data: st.DataObject) -> None:
     check_invariants(snap, jobs, result)
 
 
-@SETTINGS
-@given(evolution_st(), st.randoms(use_true_random=False))
-def test_invariants_determinism_and_stability_after_changes(
-    ev: tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]], rnd: random.Random
-) -> None:
-    _, _, snap, jobs = ev
+@st.composite
+def contention_st(draw: st.DrawFn) -> tuple[ClusterSnapshot, list[JobRequest]]:
+    """A full cluster of two types running low priority elastic jobs, and higher priority newcomers."""
+    nodes = [
+        node(
+            f"c-{i:02d}",
+            draw(st.sampled_from(["h100", "a100"])),
+            draw(st.sampled_from([4, 8])),
+            draw(st.integers(0, 2)),
+        )
+        for i in range(draw(st.integers(1, 6)))
+    ]
+
+    def jobs(prefix: str, prio: tuple[int, int], per: list[int], lo: int, n: int) -> list[JobRequest]:
+        out = []
+        for i in range(draw(st.integers(1, n))):
+            types = draw(st.lists(st.sampled_from(["h100", "a100"]), min_size=1, max_size=2, unique=True))
+            m = draw(st.integers(1, lo))
+            out.append(
+                job(
+                    f"{prefix}{i}",
+                    *[
+                        opt(t, per=draw(st.sampled_from(per)), r=draw(st.sampled_from([1.0, 2.0])))
+                        for t in types
+                    ],
+                    min_w=m,
+                    max_w=m + draw(st.integers(0, 8)),
+                    prio=draw(st.integers(*prio)),
+                    created=float(i),
+                    placement=draw(st.sampled_from(["Pack", "Spread"])),
+                )
+            )
+        return out
+
+    first = jobs("ns/run", (0, 1), [1, 2], 2, 4)
+    snap = ClusterSnapshot(tuple(nodes))
+    running = with_current(first, plan(snap, first, now=0.0))
+    return snap, running + jobs("ns/hi", (2, 3), [1, 2, 4], 6, 3)
+
+
+def check_replan(snap: ClusterSnapshot, jobs: list[JobRequest], rnd: random.Random) -> None:
     result = plan(snap, jobs, now=5.0)
     check_invariants(snap, jobs, result)
 
@@ -173,14 +210,19 @@ def test_invariants_determinism_and_stability_after_changes(
         lost = usable_current(snap, j) - Counter(jp.workers) - Counter(jp.preempted)
         assert not lost, f"{j.key} lost {lost}"
         if jp.preempted:
-            # Preempted only for a strictly higher priority job that needed room, and never below min.
+            event("preemption")
+            # Preempted only for a strictly higher priority job that needed room, and never below min ...
             assert len(jp.workers) >= j.min_workers
-            assert any(
-                other.priority > j.priority
-                and result[other.key].admitted
-                and sum(usable_current(snap, other).values()) < other.min_workers
-                for other in jobs
-            ), f"{j.key} preempted without a higher priority job in need"
+            # ... and the room made on each node went to such a job (a new worker of it lands there).
+            for slot in set(jp.preempted):
+                assert any(
+                    other.priority > j.priority
+                    and result[other.key].admitted
+                    and sum(usable_current(snap, other).values()) < other.min_workers
+                    and slot.node
+                    in {w.node for w in (Counter(result[other.key].workers) - Counter(other.current))}
+                    for other in jobs
+                ), f"{j.key} preempted on {slot.node} without a higher priority job in need placed there"
 
     # Applying the plan and planning again changes nothing (no churn).
     again = plan(snap, with_current(jobs, result), now=10.0)
@@ -190,13 +232,24 @@ def test_invariants_determinism_and_stability_after_changes(
 
 
 @SETTINGS
-@given(evolution_st())
-def test_admission_does_not_depend_on_later_pending_jobs(
-    ev: tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]],
+@given(evolution_st(), st.randoms(use_true_random=False))
+def test_invariants_determinism_and_stability_after_changes(
+    ev: tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]], rnd: random.Random
 ) -> None:
-    """Priority/FCFS order: a job's admission is decided before any pending job ranked after it is looked at,
-    so removing those jobs never changes it (lower priority jobs never block a higher priority one)."""
     _, _, snap, jobs = ev
+    check_replan(snap, jobs, rnd)
+
+
+@SETTINGS
+@given(contention_st(), st.randoms(use_true_random=False))
+def test_preemption_rules_under_contention(
+    ev: tuple[ClusterSnapshot, list[JobRequest]], rnd: random.Random
+) -> None:
+    snap, jobs = ev
+    check_replan(snap, jobs, rnd)
+
+
+def check_later_jobs_do_not_matter(snap: ClusterSnapshot, jobs: list[JobRequest]) -> None:
     result = plan(snap, jobs, now=0.0)
     for j in sorted(jobs, key=rank)[:4]:
         if j.suspended:
@@ -206,6 +259,24 @@ def test_admission_does_not_depend_on_later_pending_jobs(
         assert alone[j.key].admitted == result[j.key].admitted, j.key
         if not result[j.key].admitted:
             assert alone[j.key].reason == result[j.key].reason
+
+
+@SETTINGS
+@given(evolution_st())
+def test_admission_does_not_depend_on_later_pending_jobs(
+    ev: tuple[ClusterSnapshot, list[JobRequest], ClusterSnapshot, list[JobRequest]],
+) -> None:
+    """Priority/FCFS order: a job's admission is decided before any pending job ranked after it is looked at,
+    so removing those jobs never changes it (lower priority jobs never block a higher priority one)."""
+    check_later_jobs_do_not_matter(ev[2], ev[3])
+
+
+@SETTINGS
+@given(contention_st())
+def test_admission_under_contention_does_not_depend_on_later_pending_jobs(
+    ev: tuple[ClusterSnapshot, list[JobRequest]],
+) -> None:
+    check_later_jobs_do_not_matter(*ev)
 
 
 @SETTINGS

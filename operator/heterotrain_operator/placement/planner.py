@@ -690,6 +690,14 @@ class _Planner:
                 continue
             self._commit(mark)
             j.admitted = True
+            if len(self.pre_log) > pmark:
+                # Admitted by preempting others: pin the gang where the room was made (later steps never
+                # move kept workers), so the freed accelerators cannot end up with anybody else.
+                for o in j.opts:
+                    for nidx, c in sorted(o.new_nodes.items()):
+                        for _ in range(c):
+                            self._give(self.nodes[nidx], j, o, kept=False)
+                            self._take(self.nodes[nidx], j, o, kept=True)
 
     def _drop_kept(self, j: _Job) -> None:
         for nidx in sorted(j.kept):
