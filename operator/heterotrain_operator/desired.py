@@ -131,14 +131,21 @@ def support_objects(job: JobView) -> list[dict[str, Any]]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _meta(job, sa),
-            # The workers may read their own job (membership is in its status), nothing else.
+            # The workers may read their own job (membership is in its status) and report their
+            # checkpoints into its status (status.lastCheckpoint, under their own field manager); nothing else.
             "rules": [
                 {
                     "apiGroups": [c.GROUP],
-                    "resources": [c.PLURAL, f"{c.PLURAL}/status"],
+                    "resources": [c.PLURAL],
                     "resourceNames": [job.name],
                     "verbs": ["get", "watch", "list"],
-                }
+                },
+                {
+                    "apiGroups": [c.GROUP],
+                    "resources": [f"{c.PLURAL}/status"],
+                    "resourceNames": [job.name],
+                    "verbs": ["get", "patch"],
+                },
             ],
         },
         {
@@ -186,6 +193,7 @@ def contract_env(job: JobView, acc: ResolvedAccelerator) -> list[dict[str, Any]]
         {"name": c.ENV_BACKEND, "value": acc.backend},
         {"name": c.ENV_GLOBAL_BATCH_SIZE, "value": str(spec.global_batch_size)},
         {"name": c.ENV_REBALANCE_POLICY, "value": spec.rebalance.policy},
+        {"name": c.ENV_REBALANCE_MIN_INTERVAL, "value": str(spec.rebalance.min_interval_seconds)},
         {"name": c.ENV_CHECKPOINT_DIR, "value": ck.path},
         {"name": c.ENV_CHECKPOINT_KEEP, "value": str(ck.keep)},
         {"name": c.ENV_CHECKPOINT_ASYNC, "value": "true" if ck.async_ else "false"},
