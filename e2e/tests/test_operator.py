@@ -212,3 +212,39 @@ def test_three_pools_and_suspend_resume(cluster: Cluster, operator: OperatorProc
     wait_for("Running again", lambda: job(cluster, ns, "mix")["status"]["phase"] == "Running", timeout=60)
     assert len(pods(cluster, ns, "mix")) == 6
     assert events(cluster, ns, "mix", "Resumed")
+
+
+def fail_pod(cluster: Cluster, ns: str, pod: str, reason: str = "OOMKilled", code: int = 137) -> None:
+    """Mark a worker as failed, as a kubelet would after its container died (kwok runs no process)."""
+    status = {"status": {"phase": "Failed", "containerStatuses": [{
+        "name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": code, "reason": reason,
+                                 "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}}}]}}
+    cluster.kubectl("patch", "-n", ns, "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+
+
+@pytest.mark.parametrize("policy", ["Replace", "Shrink"])
+def test_worker_failure_is_recorded_and_handled(cluster: Cluster, operator: OperatorProcess, ns: str, policy: str):
+    name = f"ft-{policy.lower()}"
+    apply(cluster, job_manifest(name, ns, workers={"min": 1, "max": 2},
+                                faultTolerance={"onWorkerFailure": policy, "maxRestarts": 3}))
+    wait_for("Running", lambda: (job(cluster, ns, name).get("status") or {}).get("phase") == "Running", timeout=60)
+    epoch = job(cluster, ns, name)["status"]["membership"]["epoch"]
+    fail_pod(cluster, ns, f"{name}-worker-0")
+    st = wait_for("the failure in status", lambda: (s := job(cluster, ns, name)["status"]).get("restarts") == 1 and s,
+                  timeout=60)
+    assert st["lastFailure"]["pod"] == f"{name}-worker-0"
+    assert st["lastFailure"]["reason"] == "OOMKilled" and st["lastFailure"]["exitCode"] == 137
+    assert events(cluster, ns, name, "WorkerFailed")
+    if policy == "Replace":
+        final = wait_for("two workers again", lambda: (s := job(cluster, ns, name)["status"])["phase"] == "Running"
+                         and s["workers"]["ready"] == 2 and s, timeout=60)
+        assert sorted(p["metadata"]["name"] for p in pods(cluster, ns, name)) == [f"{name}-worker-1", f"{name}-worker-2"]
+        assert final["membership"]["epoch"] >= epoch + 2  # shrank, then grew back
+    else:
+        final = wait_for("running on the survivor", lambda: (s := job(cluster, ns, name)["status"])["phase"] == "Running"
+                         and not any(p["metadata"]["name"] == f"{name}-worker-0" for p in pods(cluster, ns, name)) and s,
+                         timeout=60)
+        assert final["workers"]["ready"] == 1 and final["workers"]["desired"] == 1
+        assert [p["metadata"]["name"] for p in pods(cluster, ns, name)] == [f"{name}-worker-1"]
+        assert final["membership"]["epoch"] == epoch + 1
