@@ -142,14 +142,30 @@ class GradientSync:
         self.plan = buckets(self.params, bucket_bytes)
         self._flat: dict[int, torch.Tensor] = {}
 
-    def sync(self, topo: Topology | None, scale: float) -> None:
-        """``grad <- sum over ranks of scale_r * grad_r`` (missing grads count as zeros)."""
+    def carries_control(self) -> bool:
+        """Whether :meth:`sync` can sum a small control vector along (last bucket in fp32/fp64)."""
+        if not self.plan:
+            return False
+        return self.params[self.plan[-1][0]].dtype in (torch.float32, torch.float64)
+
+    def sync(
+        self, topo: Topology | None, scale: float, control: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """``grad <- sum over ranks of scale_r * grad_r`` (missing grads count as zeros).
+
+        ``control`` (a small float64 CPU vector, unscaled) rides at the end of
+        the last bucket when :meth:`carries_control`: one collective per step
+        instead of two.  Returns its sum over the world.
+        """
+        summed: torch.Tensor | None = None
+        last = len(self.plan) - 1
         for b, idx in enumerate(self.plan):
             ps = [self.params[i] for i in idx]
             numel = sum(p.numel() for p in ps)
+            extra = control.numel() if control is not None and b == last else 0
             flat = self._flat.get(b)
-            if flat is None or flat.numel() != numel:
-                flat = torch.empty(numel, dtype=ps[0].dtype, device=ps[0].device)
+            if flat is None or flat.numel() != numel + extra:
+                flat = torch.empty(numel + extra, dtype=ps[0].dtype, device=ps[0].device)
                 self._flat[b] = flat
             off = 0
             for p in ps:
@@ -160,9 +176,14 @@ class GradientSync:
                     flat[off : off + n].copy_(p.grad.reshape(-1))
                 off += n
             if scale != 1.0:
-                flat.mul_(scale)
+                flat[:numel].mul_(scale)
+            if extra:
+                assert control is not None
+                flat[numel:].copy_(control.to(dtype=flat.dtype, device=flat.device))
             if topo is not None and topo.world_size > 1:
                 hierarchical_all_reduce(flat, topo)
+            if extra:
+                summed = flat[numel:].to(device="cpu", dtype=torch.float64)
             off = 0
             for p in ps:
                 n = p.numel()
@@ -172,3 +193,4 @@ class GradientSync:
                 else:
                     p.grad.copy_(view)
                 off += n
+        return summed

@@ -126,10 +126,12 @@ class Launcher:
         if not self.pod:
             raise ValueError(f"{contract.ENV_POD_NAME} is not set")
         self.source = source if source is not None else source_from_env(self.env)
+        # A file is cheap to poll; the API server is asked once a second per worker.
+        default_poll = "0.2" if isinstance(self.source, FileSource) else "1.0"
         self.poll = (
             poll_interval
             if poll_interval is not None
-            else float(self.env.get(contract.ENV_MEMBERSHIP_POLL_SECONDS, "0.2"))
+            else float(self.env.get(contract.ENV_MEMBERSHIP_POLL_SECONDS, default_poll))
         )
         self.max_restarts = int(self.env.get(contract.ENV_MAX_RESTARTS, contract.DEFAULT_MAX_RESTARTS))
         self.stop_timeout = stop_timeout

@@ -79,6 +79,9 @@ class StepResult:
     world_size: int
 
 
+_STEP_CHECK_MOD = 1 << 20
+
+
 class _CommFailure(Exception):
     """A collective or the store failed: a peer is gone."""
 
@@ -220,6 +223,7 @@ class ElasticTrainer:
         slog = e.get(contract.ENV_SAMPLE_LOG_DIR)
         self.sample_log = SampleLog(slog, self.pod) if slog else None
         self.progress_file = e.get(contract.ENV_PROGRESS_FILE) or None
+        self._select_device(e)
         self._install_signal_handlers()
         self._handshake()
 
@@ -295,6 +299,18 @@ class ElasticTrainer:
             self.sample_log.close()
 
     # ------------------------------------------------------------- membership
+    def _select_device(self, e: Mapping[str, str]) -> None:
+        """Bind this process to its local accelerator before any collective (best effort)."""
+        local = int(e.get("LOCAL_RANK", "0") or 0)
+        if self.backend in ("nccl", "rccl") and torch.cuda.is_available():
+            torch.cuda.set_device(local % torch.cuda.device_count())
+        elif self.backend == "hccl":
+            import torch_npu  # noqa: F401  (registers torch.npu)
+
+            npu: Any = getattr(torch, "npu", None)
+            if npu is not None and npu.is_available():
+                npu.set_device(local % npu.device_count())
+
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -348,6 +364,7 @@ class ElasticTrainer:
                     return m, me
                 if not parked:
                     log.info("%s: not a member of epoch %d; waiting", self.pod, m.epoch)
+                    self._server, self._server_key = None, None  # a parked process hosts no store
                     parked = True
             time.sleep(self.poll)
 
@@ -645,13 +662,20 @@ class ElasticTrainer:
         v[4] = loss_val * n_local / count
         v[5] = 1.0
         v[6 + self.rank] = self.tracker.ema.get(self.pod, 0.0)
-        v[6 + world + self.rank] = float(self.step)
+        v[6 + world + self.rank] = float(self.step % _STEP_CHECK_MOD)  # exact in fp32
         with self._comm():
-            if world > 1:
-                dist.all_reduce(v, group=self.topo.world_group if self.topo else None)
-            if int(v[5].item()) != world or any(int(x) != self.step for x in v[6 + world :].tolist()):
-                raise RuntimeError(f"ranks disagree on the step: {v[6 + world :].tolist()}")
-            self.gsync.sync(self.topo, scale=n_local / count)
+            if self.gsync.carries_control():
+                # the control vector rides along the gradients: one collective per step
+                summed = self.gsync.sync(self.topo, scale=n_local / count, control=v)
+                assert summed is not None
+                v = summed
+            else:
+                if world > 1:
+                    dist.all_reduce(v, group=self.topo.world_group if self.topo else None)
+                self.gsync.sync(self.topo, scale=n_local / count)
+            steps = [round(x) for x in v[6 + world :].tolist()]
+            if round(v[5].item()) != world or any(x != self.step % _STEP_CHECK_MOD for x in steps):
+                raise RuntimeError(f"ranks disagree on the step: {steps}")
         self.optimizer.step()
         # ---- committed
         self.step += 1

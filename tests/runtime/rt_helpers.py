@@ -94,7 +94,9 @@ def init_gloo(rank: int, world: int, port: int, timeout: float = 30.0) -> None:
 
     import torch.distributed as dist
 
-    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timedelta(seconds=timeout))
+    store = dist.TCPStore(  # type: ignore[attr-defined]
+        "127.0.0.1", port, world, rank == 0, timedelta(seconds=timeout)
+    )
     dist.init_process_group(
         "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=timeout)
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heterotrain_runtime import contract
 from heterotrain_runtime.batching import (
     DataCursor,
@@ -12,8 +15,6 @@ from heterotrain_runtime.batching import (
     predicted_step_time,
     split_batch,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def test_split_examples() -> None:

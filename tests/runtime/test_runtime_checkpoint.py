@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from rt_helpers import init_gloo, run_world
+
 from heterotrain_runtime import checkpoint as ck
 from heterotrain_runtime.checkpoint import (
     CheckpointManager,
@@ -24,7 +26,6 @@ from heterotrain_runtime.checkpoint import (
     remove_incomplete,
     step_dirname,
 )
-from rt_helpers import init_gloo, run_world
 
 # --- pure retention choice ------------------------------------------------------
 
@@ -149,7 +150,7 @@ def _load_world(rank: int, world: int, port: int, root: str) -> list[float]:
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     msd, osd = get_state_dict(model, opt)
-    state = {"model": msd, "optim": osd}
+    state: dict[str, Any] = {"model": msd, "optim": osd}
     mgr = CheckpointManager(root, keep=2, process_group=dist.group.WORLD, rank=rank, world_size=world)
     marker = mgr.load(state)
     assert marker is not None and marker["step"] == 7 and marker["world_size"] == 3
@@ -221,6 +222,7 @@ def test_crash_atomicity_under_sigkill(tmp_path: Path) -> None:
         p = ctx.Process(target=_saver, args=(root, kills, trace), daemon=True)
         p.start()
         time.sleep(rng.uniform(0.005, 0.12))
+        assert p.pid is not None
         os.kill(p.pid, signal.SIGKILL)
         p.join()
         assert p.exitcode == -signal.SIGKILL

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from heterotrain_runtime.collectives import GradientSync, buckets, build_topology, hierarchical_all_reduce
 from rt_helpers import init_gloo, run_world
+
+from heterotrain_runtime.collectives import GradientSync, buckets, build_topology, hierarchical_all_reduce
 
 
 def _compare(rank: int, world: int, port: int, types: list[str]) -> dict[str, object]:

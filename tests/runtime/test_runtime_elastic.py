@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 import torch
+from rt_helpers import EXAMPLE, PYTHON
+
 from heterotrain_runtime import contract
 from heterotrain_runtime.batching import DataCursor, SampleOrder
 from heterotrain_runtime.checkpoint import CheckpointInfo, CheckpointManager, list_checkpoints, step_dirname
 from heterotrain_runtime.local import LocalSupervisor, PoolSpec
 from heterotrain_runtime.samplelog import check_exactly_once, read_records
-from rt_helpers import EXAMPLE, PYTHON
 
 GLOBAL_BATCH = 24
 DATASET = 240  # 10 steps per data-epoch
@@ -63,7 +64,7 @@ def checkpoint_params(root: str, step: int) -> list[torch.Tensor]:
     model = ex.build_model(seed=99)  # different weights: everything must come from the checkpoint
     opt = ex.build_optimizer(model, 0.05)
     msd, osd = get_state_dict(model, opt)
-    state = {"model": msd, "optim": osd}
+    state: dict[str, Any] = {"model": msd, "optim": osd}
     marker = CheckpointManager(root).load(
         state, CheckpointInfo(step, os.path.join(root, step_dirname(step)), True)
     )

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rt_helpers import PYTHON, Procs, wait_for
+
 from heterotrain_runtime import contract
 from heterotrain_runtime.contract import Member, Membership
 from heterotrain_runtime.launcher import batch_split, child_env, exit_code
-from rt_helpers import PYTHON, Procs, wait_for
 
 
 def _membership(epoch: int, pods: list[str], port: int = 29500) -> Membership:

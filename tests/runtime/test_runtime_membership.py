@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from heterotrain_runtime import contract
 from heterotrain_runtime.contract import Member, Membership
 from heterotrain_runtime.membership import (
