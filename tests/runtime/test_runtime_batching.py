@@ -122,3 +122,12 @@ def test_tracker_ema_and_proposal() -> None:
     t2 = ThroughputTracker()
     t2.load_dict(t.to_dict())
     assert t2.ema == t.ema
+
+
+@pytest.mark.parametrize("n", [64, 2400, 2**20 + 1, 10_000_000])
+def test_vectorised_order_equals_scalar(n: int) -> None:
+    order = SampleOrder(n, seed=11)
+    for epoch in (0, 3):
+        start = n // 3
+        stop = min(n, start + 500)
+        assert order.slice(epoch, start, stop) == [order.index(epoch, i) for i in range(start, stop)]

@@ -76,7 +76,7 @@ def checkpoint_params(root: str, step: int) -> list[torch.Tensor]:
 def assert_params_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
     assert len(got) == len(want)
     worst = max(float((g - w).abs().max()) for g, w in zip(got, want, strict=True))
-    assert worst < 2e-5, f"max parameter difference {worst}"
+    assert worst < 1e-6, f"max parameter difference {worst}"  # measured ~5e-8 (fp32 summation order)
 
 
 def make_supervisor(tmp: Path, pools: list[PoolSpec], steps: int, **kw: Any) -> LocalSupervisor:
