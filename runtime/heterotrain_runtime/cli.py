@@ -31,6 +31,12 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--heartbeat-timeout", type=float, default=10.0)
     p.add_argument("--rebalance-policy", default="Throughput", choices=["Throughput", "Equal"])
     p.add_argument("--rebalance-min-interval", type=float, default=5.0)
+    p.add_argument(
+        "--initial-weights",
+        default="table",
+        choices=["table", "equal"],
+        help="membership weights: the relative-throughput table, or equal (the SDK learns the speeds)",
+    )
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--workdir", default=None)
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")

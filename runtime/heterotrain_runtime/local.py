@@ -127,6 +127,7 @@ class LocalSupervisor:
     output: str = "relay"  # relay | files | quiet
     log_every: int = 10
     completion_grace: float = 15.0
+    initial_weights: str = "table"  # table: weight = relative throughput; equal: 1.0 (the SDK must learn)
     print_fn: Callable[[str], None] = print
     python: str = sys.executable
 
@@ -278,7 +279,13 @@ class LocalSupervisor:
                     w.state = "idle"
         self.epoch += 1
         world = tuple(
-            Member(pod=w.pod, rank=r, type=w.type, address="127.0.0.1", weight=w.speed)
+            Member(
+                pod=w.pod,
+                rank=r,
+                type=w.type,
+                address="127.0.0.1",
+                weight=1.0 if self.initial_weights == "equal" else w.speed,
+            )
             for r, w in enumerate(members)
         )
         self.membership = Membership(epoch=self.epoch, world=world, master_port=free_port())
@@ -457,6 +464,7 @@ def run_local(argv: Sequence[str] | None, args: Any) -> int:
         rebalance_policy=args.rebalance_policy,
         rebalance_min_interval=args.rebalance_min_interval,
         log_every=args.log_every,
+        initial_weights=args.initial_weights,
     )
     total = sum(p.count for p in pools)
     print(

@@ -237,42 +237,25 @@ def test_exactly_once_under_kills_and_preemption(tmp_path: Path) -> None:
     json.dumps(done)
 
 
-def test_cli_local_run_smoke(tmp_path: Path) -> None:
+def test_cli_local_run_learns_the_speeds(tmp_path: Path) -> None:
+    """``heterotrain run --local``: equal initial weights, speeds 1:3; the measured EMA rebalances the split."""
     import subprocess
 
+    work = tmp_path / "w"
     r = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "heterotrain_runtime",
-            "run",
-            "--local",
-            "--pools",
-            "nvidia-a100:1,amd-mi300x:1",
-            str(EXAMPLE),
-            "--steps",
-            "6",
-            "--global-batch-size",
-            "16",
-            "--log-every",
-            "3",
-            "--base-rate",
-            "2000",
-            "--workdir",
-            str(tmp_path / "w"),
-            "--timeout",
-            "150",
-            "--",
-            "--dataset-size",
-            "64",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=200,
-    )
+        [PYTHON, "-m", "heterotrain_runtime", "run", "--local", "--pools", "nvidia-a100:1@1,amd-mi300x:1@3",
+         str(EXAMPLE), "--steps", "24", "--global-batch-size", "32", "--log-every", "8", "--base-rate", "400",
+         "--initial-weights", "equal", "--rebalance-min-interval", "0.3",
+         "--workdir", str(work), "--timeout", "150", "--", "--dataset-size", "64"],
+        capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "step     6" in r.stdout and "amd-mi300x" in r.stdout
-    assert "done: 6 steps" in r.stdout
+    assert "step     8" in r.stdout and "amd-mi300x" in r.stdout
+    assert "done: 24 steps" in r.stdout
+    progress = [json.loads(line) for line in (work / "progress.jsonl").read_text().splitlines()]
+    assert progress[0]["split"] == [16, 16]
+    slow, fast = progress[-1]["split"]
+    assert 2.0 <= fast / slow <= 4.5, progress[-1]["split"]  # ~1:3 learned from step times
 
 
 @pytest.fixture(autouse=True)
