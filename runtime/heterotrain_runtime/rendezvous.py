@@ -5,7 +5,8 @@ The store lives in the epoch's rank-0 process at ``MASTER_ADDR:MASTER_PORT``
 epoch the world may have to re-form more than once (a process failed and its
 launcher restarted it): every attempt is a *round*.  A process joins the
 current round; the round is complete when all ``world_size`` ranks joined it,
-each once; it then initialises the gloo world group under the round's prefix.
+each once, and then committed to it (see :func:`join`); they then initialise
+the gloo world group under the round's prefix.
 A process that finds its rank already taken in the round (it is a restarted
 process) or whose collectives failed *bumps* the round: the first bumper of
 round R moves the counter from R to R+1, exactly once.  A fresh store (the
@@ -51,8 +52,17 @@ def join(
     world_size: int,
     abort: Callable[[], bool],
     poll: float = 0.02,
+    commit_timeout: float = 60.0,
 ) -> int:
-    """Join the current round of ``epoch``; returns the round once all ranks are in it."""
+    """Join the current round of ``epoch``; returns the round once all ranks are committed to it.
+
+    Two phases, so that nobody initialises a process group that a rank has
+    walked away from: (1) wait until every rank *joined* the round — a rank
+    may still leave (newer epoch, stop), and then it bumps the round so the
+    others re-join the next one; (2) *commit* (no leaving any more) and wait
+    until every rank committed.  A round that changes under a waiting rank is
+    re-joined.
+    """
     p = _prefix(epoch)
     while True:
         if abort():
@@ -62,14 +72,30 @@ def join(
             bump_round(store, epoch, r)  # our rank is taken in round r: a stale round
             continue
         store.add(f"{p}r{r}/joined", 1)
-        while True:
-            if int(store.add(f"{p}r{r}/joined", 0)) >= world_size:
-                return r
+        moved = False
+        while int(store.add(f"{p}r{r}/joined", 0)) < world_size:
             if current_round(store, epoch) != r:
-                break  # someone moved on; join the new round
+                moved = True
+                break
             if abort():
+                bump_round(store, epoch, r)  # we counted in round r: make the others move on
                 raise Aborted
             time.sleep(poll)
+        if moved:
+            continue
+        store.add(f"{p}r{r}/committed", 1)
+        deadline = time.monotonic() + commit_timeout
+        while int(store.add(f"{p}r{r}/committed", 0)) < world_size:
+            if current_round(store, epoch) != r:
+                moved = True
+                break
+            if time.monotonic() > deadline:  # a rank died between joining and committing
+                bump_round(store, epoch, r)
+                moved = True
+                break
+            time.sleep(poll)
+        if not moved:
+            return r
 
 
 def init_world(store: Any, epoch: int, round_: int, rank: int, world_size: int, timeout: float) -> None:

@@ -410,7 +410,14 @@ class ElasticTrainer:
             rnd = -1
             try:
                 store = self._store_for(m, me)
-                rnd = rendezvous.join(store, m.epoch, me.rank, m.world_size, self._abort_for(m.epoch))
+                rnd = rendezvous.join(
+                    store,
+                    m.epoch,
+                    me.rank,
+                    m.world_size,
+                    self._abort_for(m.epoch),
+                    commit_timeout=self.heartbeat,
+                )
                 rendezvous.init_world(store, m.epoch, rnd, me.rank, m.world_size, self.heartbeat)
                 self._after_init(m, me)
                 return

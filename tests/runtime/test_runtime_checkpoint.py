@@ -109,7 +109,8 @@ def test_loader_ignores_torn_dirs_and_bad_latest(tmp_path: Path) -> None:
     torn.mkdir()
     (torn / "junk").write_text("x")
     mgr.save(9, _state(9.0), {}, asynchronous=False)
-    assert not (torn / "junk").exists() and newest_complete(root).step == 9  # type: ignore[union-attr]
+    newest = newest_complete(root)
+    assert not (torn / "junk").exists() and newest is not None and newest.step == 9
     assert mgr.save(9, _state(10.0), {}, asynchronous=False) == 0.0
 
 

@@ -114,7 +114,7 @@ def drive(sup: LocalSupervisor, cond: Any, timeout: float, what: str) -> int | N
     """Supervise until ``cond()`` holds (None) or the job ends (its exit code)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rc = sup.poll_once()
+        rc: int | None = sup.poll_once()
         if rc is not None:
             return rc
         if cond():

@@ -1,0 +1,89 @@
+"""The round-based rendezvous on a real TCPStore (threads of one process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import torch.distributed as dist
+from rt_helpers import free_port
+
+from heterotrain_runtime import rendezvous
+
+
+def _stores(n: int) -> tuple[Any, list[Any]]:
+    port = free_port()
+    server = dist.TCPStore("127.0.0.1", port, None, True, timedelta(seconds=10), wait_for_workers=False)  # type: ignore[attr-defined]
+    clients = [dist.TCPStore("127.0.0.1", port, None, False, timedelta(seconds=10)) for _ in range(n)]  # type: ignore[attr-defined]
+    return server, clients
+
+
+def _join_async(store: Any, rank: int, world: int, abort: Any, out: dict[int, Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            out[rank] = rendezvous.join(store, 7, rank, world, abort, poll=0.005, commit_timeout=5)
+        except rendezvous.Aborted:
+            out[rank] = "aborted"
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_all_join_the_same_round() -> None:
+    _server, clients = _stores(3)
+    out: dict[int, Any] = {}
+    threads = [_join_async(c, r, 3, lambda: False, out) for r, c in enumerate(clients)]
+    for t in threads:
+        t.join(10)
+    assert out == {0: 0, 1: 0, 2: 0}
+
+
+def test_a_rank_that_leaves_sends_the_others_to_the_next_round() -> None:
+    _server, clients = _stores(4)
+    out: dict[int, Any] = {}
+    leave = threading.Event()
+    t0 = _join_async(clients[0], 0, 3, lambda: False, out)
+    t2 = _join_async(clients[2], 2, 3, leave.is_set, out)
+    time.sleep(0.1)
+    leave.set()  # rank 2 saw a newer epoch: it leaves round 0 after joining it
+    t2.join(5)
+    assert out.get(2) == "aborted"
+    t1 = _join_async(clients[1], 1, 3, lambda: False, out)
+    time.sleep(0.2)
+    assert 0 not in out and 1 not in out  # nobody may form a round that rank 2 left
+    t2b = _join_async(clients[3], 2, 3, lambda: False, out)  # rank 2 comes back
+    for t in (t0, t1, t2b):
+        t.join(10)
+    assert out[0] == out[1] == out[2] == 1
+
+
+def test_a_restarted_rank_bumps_a_stale_round() -> None:
+    _server, clients = _stores(3)
+    store = clients[0]
+    # round 0 of epoch 7 already has rank 0 in it (an incarnation that died)
+    assert store.add("ht/e7/r0/rank0", 1) == 1
+    store.add("ht/e7/r0/joined", 1)
+    out: dict[int, Any] = {}
+    threads = [
+        _join_async(clients[1], 0, 2, lambda: False, out),
+        _join_async(clients[2], 1, 2, lambda: False, out),
+    ]
+    for t in threads:
+        t.join(10)
+    assert out[0] == out[1] == 1
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_bump_moves_the_round_once(rounds: int) -> None:
+    _server, clients = _stores(1)
+    s = clients[0]
+    for r in range(rounds):
+        for _ in range(3):  # many bumpers of the same round: one increment
+            rendezvous.bump_round(s, 1, r)
+        assert rendezvous.current_round(s, 1) == r + 1
+    rendezvous.bump_round(s, 1, 0)  # a late bumper of an old round: no effect
+    assert rendezvous.current_round(s, 1) == rounds
