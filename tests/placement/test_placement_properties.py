@@ -205,6 +205,12 @@ def check_replan(snap: ClusterSnapshot, jobs: list[JobRequest], rnd: random.Rand
     for jp in result.jobs:
         j = by_key[jp.key]
         if not jp.admitted:
+            # A running job that still has its min on usable nodes is never stopped (preemption stops at min).
+            assert (
+                j.suspended
+                or sum(usable_current(snap, j).values()) < j.min_workers
+                or jp.reason == "InvalidSpec"
+            )
             continue
         # Running workers on nodes that are still usable stay, unless preempted.
         lost = usable_current(snap, j) - Counter(jp.workers) - Counter(jp.preempted)

@@ -173,6 +173,7 @@ class _Job:
         "min",
         "opt_by_type",
         "opts",
+        "orig",
         "preempted",
         "rank",
         "reason",
@@ -198,6 +199,7 @@ class _Job:
         self.reason: str | None = None
         self.message: str | None = None
         self.preempted: list[tuple[int, str]] = []  # (node idx, type)
+        self.orig: dict[int, int] = {}  # node idx -> kept workers that were running before this plan
         self.dropped: list[str] = []  # why current workers were dropped
 
 
@@ -314,7 +316,8 @@ class _Planner:
             j.opt_by_type = {o.type: o for o in opts}
         # Undo log for tentative changes: (node idx, job idx, type, kept flag, +1 take / -1 give).
         self.log: list[tuple[int, int, str, bool, int]] | None = None
-        self.pre_log: list[int] = []  # victim job idx per eviction, to undo failed admission attempts
+        # (victim job idx, node idx, was a running worker) per eviction, to undo failed admission attempts.
+        self.pre_log: list[tuple[int, int, bool]] = []
         self.budget = 0
         self.prices: dict[str, float] = {}
 
@@ -462,6 +465,7 @@ class _Planner:
                 if why is None:
                     assert n is not None and o is not None
                     self._take(n, j, o, kept=True)
+                    j.orig[n.idx] = j.orig.get(n.idx, 0) + 1
                 else:
                     j.dropped.append(why)
 
@@ -612,23 +616,31 @@ class _Planner:
                 opts_here = [o for o in j.opts if n.pool in o.pool_set and o.count < o.cap]
                 if not opts_here or j.total >= j.max:
                     break
-                here = sorted((vrank[vi], vi) for vi in n.kept if vi in vrank and spare[vi] > 0)
+                # Workers that are not running yet (placed earlier in this plan) go first: evicting them is free.
+                here = sorted(
+                    (n.kept[vi] <= self.jobs[vi].orig.get(nidx, 0), vrank[vi], vi)
+                    for vi in n.kept
+                    if vi in vrank and spare[vi] > 0
+                )
                 if not here:
                     break
                 acc = n.acc + sum(
                     self.jobs[vi].opt_by_type[n.accelerator or ""].p * min(n.kept[vi], spare[vi])
-                    for _, vi in here
+                    for _, _, vi in here
                 )
-                cpu = n.cpu + sum(self.jobs[vi].cpu * min(n.kept[vi], spare[vi]) for _, vi in here)
-                mem = n.mem + sum(self.jobs[vi].mem * min(n.kept[vi], spare[vi]) for _, vi in here)
+                cpu = n.cpu + sum(self.jobs[vi].cpu * min(n.kept[vi], spare[vi]) for _, _, vi in here)
+                mem = n.mem + sum(self.jobs[vi].mem * min(n.kept[vi], spare[vi]) for _, _, vi in here)
                 if not any(acc >= o.p and cpu >= j.cpu and mem >= j.mem for o in opts_here):
                     break
-                v = self.jobs[here[0][1]]
+                v = self.jobs[here[0][2]]
                 ov = v.opt_by_type[n.accelerator or ""]
+                running = n.kept[v.idx] <= v.orig.get(nidx, 0)
                 self._give(n, v, ov, kept=True)
                 spare[v.idx] -= 1
-                v.preempted.append((nidx, ov.type))
-                self.pre_log.append(v.idx)
+                if running:
+                    v.orig[nidx] -= 1
+                    v.preempted.append((nidx, ov.type))
+                self.pre_log.append((v.idx, nidx, running))
         return placed
 
     def _fit_report(self, j: _Job) -> str:
@@ -654,8 +666,7 @@ class _Planner:
             if req.suspended:
                 j.reason, j.message = REASON_SUSPENDED, "job is suspended"
                 continue
-            need = j.min - j.total
-            if need <= 0:
+            if j.total >= j.min:
                 j.admitted = True
                 continue
             if not any(o.pools[0] or o.pools[1] for o in j.opts):
@@ -667,37 +678,71 @@ class _Planner:
                     "node selector and tolerations"
                 )
                 continue
-            mark = self._begin()
-            pmark = len(self.pre_log)
-            placed = self._fill(j, need, opts=self._by_value(j))
-            if placed < need:
-                placed += self._relocate_for(j, need - placed)
-            if placed < need:
-                placed += self._preempt_for(j, need - placed)
-            if placed < need:
-                self._rollback(mark)
-                self._commit(mark)
-                while len(self.pre_log) > pmark:  # evictions of the failed attempt are undone too
-                    self.jobs[self.pre_log.pop()].preempted.pop()
-                running = j.total
+            if not self._attempt(j):
+                had = j.total
                 self._drop_kept(j)
                 j.reason = REASON_INSUFFICIENT_CAPACITY
                 lost = f"; lost {len(j.dropped)} running worker(s): {j.dropped[0]}" if j.dropped else ""
-                have = f" (has {running} running)" if running else ""
+                have = f" (has {had} running)" if had else ""
                 j.message = (
                     f"needs {j.min} workers at once{have}, not enough fit: {self._fit_report(j)}{lost}"
                 )
-                continue
+
+    def _attempt(self, j: _Job) -> bool:
+        """Place the missing min workers of ``j`` at once (free room, then moves, then preemption)."""
+        need = j.min - j.total
+        mark = self._begin()
+        pmark = len(self.pre_log)
+        placed = self._fill(j, need, opts=self._by_value(j))
+        if placed < need:
+            placed += self._relocate_for(j, need - placed)
+        if placed < need:
+            placed += self._preempt_for(j, need - placed)
+        if placed < need:
+            self._rollback(mark)
             self._commit(mark)
-            j.admitted = True
-            if len(self.pre_log) > pmark:
-                # Admitted by preempting others: pin the gang where the room was made (later steps never
-                # move kept workers), so the freed accelerators cannot end up with anybody else.
-                for o in j.opts:
-                    for nidx, c in sorted(o.new_nodes.items()):
-                        for _ in range(c):
-                            self._give(self.nodes[nidx], j, o, kept=False)
-                            self._take(self.nodes[nidx], j, o, kept=True)
+            while len(self.pre_log) > pmark:  # evictions of the failed attempt are undone too
+                vi, ni, was_running = self.pre_log.pop()
+                if was_running:
+                    self.jobs[vi].preempted.pop()
+                    self.jobs[vi].orig[ni] += 1
+            return False
+        self._commit(mark)
+        j.admitted = True
+        if len(self.pre_log) > pmark:
+            # Admitted by preempting others: pin the gang where the room was made (later steps never move
+            # kept workers), so the freed accelerators cannot end up with anybody else.
+            self._settle(j)
+        return True
+
+    def _settle(self, j: _Job) -> None:
+        """Turn the workers of ``j`` placed in this round into kept ones: later steps leave them alone."""
+        for o in j.opts:
+            for nidx, c in sorted(o.new_nodes.items()):
+                n = self.nodes[nidx]
+                for _ in range(c):
+                    self._give(n, j, o, kept=False)
+                    self._take(n, j, o, kept=True)
+
+    def retry(self) -> bool:
+        """Second chance for jobs refused for capacity, against the plan as it stands after growth.
+
+        Growth may have given lower priority jobs workers above their min; once those run, the next plan
+        would preempt them for a refused higher priority job.  Doing it now (evicting workers that are not
+        even running yet, first) makes the plan a fixed point: applying it and planning again changes
+        nothing.  Every worker placed so far is settled first; returns whether a job was admitted.
+        """
+        refused = [j for j in self.jobs if not j.admitted and j.reason == REASON_INSUFFICIENT_CAPACITY]
+        if not refused:
+            return False
+        for j in self.jobs:
+            self._settle(j)
+        changed = False
+        for j in refused:
+            if self._attempt(j):
+                j.reason = j.message = None
+                changed = True
+        return changed
 
     def _drop_kept(self, j: _Job) -> None:
         for nidx in sorted(j.kept):
@@ -1014,10 +1059,8 @@ class _Planner:
             # A worker preempted and placed again on the same node with the same type simply stays.
             for ni, t in list(j.preempted):
                 o = j.opt_by_type.get(t)
-                if o is not None and o.new_nodes.get(ni, 0) > 0:
-                    n = self.nodes[ni]
-                    self._give(n, j, o, kept=False)
-                    self._take(n, j, o, kept=True)
+                if o is not None and o.new_nodes.get(ni, 0) + j.kept.get(ni, 0) > j.orig.get(ni, 0):
+                    j.orig[ni] = j.orig.get(ni, 0) + 1
                     j.preempted.remove((ni, t))
             workers: list[WorkerSlot] = []
             throughput = 0.0
@@ -1071,4 +1114,9 @@ def plan(snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], *, now: float) -
     p.reseat()
     p.grow()
     p.improve()
+    for _ in range(len(p.jobs)):
+        if not p.retry():
+            break
+        p.grow()
+        p.improve()
     return p.result()
