@@ -55,6 +55,9 @@ ENV_MEMBERSHIP_SOURCE = "HETEROTRAIN_MEMBERSHIP_SOURCE"
 # Emulated device speed of a process-runner node (test infrastructure): a
 # float, 1.0 = reference speed.  Unset on real accelerators.
 ENV_EMULATED_SPEED = "HETEROTRAIN_EMULATED_SPEED"
+# Directory holding the pod's service-account token and CA (token, ca.crt); unset in a
+# normal pod, where /var/run/secrets/kubernetes.io/serviceaccount is used.
+ENV_SERVICEACCOUNT_DIR = "HETEROTRAIN_SERVICEACCOUNT_DIR"
 # Where the init container installed the runtime package (put on PYTHONPATH).
 ENV_RUNTIME_PATH = "HETEROTRAIN_RUNTIME_PATH"
 

@@ -72,11 +72,16 @@ class KubernetesSource:
         namespace: str,
         name: str,
         api_base: str | None = None,
-        token_path: str = f"{SA_DIR}/token",
-        ca_path: str = f"{SA_DIR}/ca.crt",
+        token_path: str | None = None,
+        ca_path: str | None = None,
         timeout: float = 10.0,
     ) -> None:
         self.namespace, self.name = namespace, name
+        # Where the service-account token lives: the standard path in a pod, or where a
+        # node without mount namespaces (the e2e process runner) put it.
+        sa_dir = os.environ.get(contract.ENV_SERVICEACCOUNT_DIR) or SA_DIR
+        token_path = token_path or f"{sa_dir}/token"
+        ca_path = ca_path or f"{sa_dir}/ca.crt"
         self.token_path, self.ca_path, self.timeout = token_path, ca_path, timeout
         if api_base is None:
             host = os.environ.get("KUBERNETES_SERVICE_HOST")
