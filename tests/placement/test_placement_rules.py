@@ -515,3 +515,20 @@ def test_labels_and_selectors_accept_mappings_and_normalise():
     a = Node("n", "h100", "nvidia.com/gpu", 8, 0, 1, 0, 1, 0, labels={"b": "2", "a": "1"})  # type: ignore[arg-type]
     b = Node("n", "h100", "nvidia.com/gpu", 8, 0, 1, 0, 1, 0, labels=(("a", "1"), ("b", "2")))
     assert a == b and hash(a) == hash(b) and a.label_map == {"a": "1", "b": "2"}
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+
+
+def test_empty_inputs():
+    assert plan(cluster(), [], now=0.0).jobs == ()
+    r = run(cluster(), job("ns/a"))
+    assert r["ns/a"].reason == REASON_NO_MATCHING_NODES
+    r = run(cluster(node("cpu-1", None)), job("ns/a"))
+    assert r["ns/a"].reason == REASON_NO_MATCHING_NODES
+
+
+def test_over_used_node_is_not_used_and_does_not_break_the_index():
+    snap = cluster(node("h-1", size=4, used=6), node("h-2", size=4, used=1))
+    r = run(snap, job("ns/a", min_w=1, max_w=8))
+    assert nodes_of(r, "ns/a") == Counter({"h-2": 3})

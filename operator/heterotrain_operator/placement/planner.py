@@ -12,6 +12,7 @@ Algorithm (see ``plan``):
    their jobs (up to two moves deep), then shrinks strictly lower priority running jobs towards (never
    below) their ``min_workers``, lowest priority and newest first.  If the gang still does not fit, every
    tentative change is rolled back: nothing of the job is placed (a running job below min is stopped).
+   A gang admitted by preemption is pinned where the room was made.
 3. *Price.*  Shadow prices of each accelerator type are computed from the Lagrangian dual of the aggregated
    throughput LP of the admitted jobs (projected subgradient, fixed round count).  The reduced value of a
    worker of job j on type t is ``relative_throughput - price[t] * per_worker``: what j gains minus what
@@ -21,8 +22,11 @@ Algorithm (see ``plan``):
    that packing fails, the admission placement is restored).
 5. *Grow.*  Admitted jobs below ``max_workers`` grow one worker at a time, best reduced value first.
 6. *Improve.*  A bounded local search over this round's workers: move a worker to a faster type with room,
-   or hand a node's accelerators from a worker that can move elsewhere (or that its job can spare above its
+   or hand a node's accelerators from workers that can move elsewhere (or that their job can spare above its
    min) to workers of another job when total throughput strictly increases; then grow again.
+7. *Retry.*  Jobs refused for capacity get a second admission attempt against the grown plan, where growth
+   workers of lower priority jobs (not running yet) are evicted first.  Without it, the next plan would
+   preempt that growth once it runs; with it, applying a plan and planning again changes nothing.
 
 Priority decides admission and preemption; capacity beyond the admitted jobs' mins goes where it adds
 the most throughput, whatever the priority (higher priority pending jobs can always take it back by
