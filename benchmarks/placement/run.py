@@ -437,6 +437,7 @@ def run_scenario(family: str, n_nodes: int, seed: int, *, max_pods: int | None =
         "family": family,
         "nodes": len(snapshot.nodes),
         "seed": seed,
+        "params": dict(fam, max_pods=max_pods),
         "jobs": len(jobs),
         "requested_pods_at_max": sum(j.max_workers for j in jobs),
         "accelerators_free": sum(capacity(snapshot).values()),
