@@ -16,6 +16,8 @@ control vector of every step and the state broadcast of a re-formation.
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,33 @@ def resolve_backend(name: str) -> str:
         return "nccl"  # ROCm builds expose RCCL as "nccl"
     if name == "hccl":
         import torch_npu  # noqa: F401  (registers the HCCL backend)
+    return name
+
+
+def usable_backend(name: str | None, *, emulated: bool = False) -> str:
+    """The backend this process can really use for its pool.
+
+    An emulated device (the e2e process runner's nodes) or a missing device
+    falls back to gloo, with a warning, instead of failing to form the group:
+    NCCL/RCCL need a CUDA/ROCm device, HCCL needs torch_npu.
+    """
+    name = (name or "gloo").lower()
+    if name == "gloo":
+        return name
+    if emulated:
+        return "gloo"
+    if name in ("nccl", "rccl"):
+        import torch
+
+        if not torch.cuda.is_available():
+            warnings.warn(f"backend {name} requested but no CUDA/ROCm device is visible; using gloo", stacklevel=2)
+            return "gloo"
+    elif name == "hccl":
+        try:
+            import torch_npu  # noqa: F401
+        except ImportError:
+            warnings.warn("backend hccl requested but torch_npu is not installed; using gloo", stacklevel=2)
+            return "gloo"
     return name
 
 

@@ -56,7 +56,7 @@ import torch.distributed as dist
 from heterotrain_runtime import contract, rendezvous
 from heterotrain_runtime.batching import DataCursor, SampleOrder, ThroughputTracker, cut_ranges, split_batch
 from heterotrain_runtime.checkpoint import CheckpointManager, atomic_write, step_dirname
-from heterotrain_runtime.collectives import GradientSync, Topology, build_topology
+from heterotrain_runtime.collectives import GradientSync, Topology, build_topology, usable_backend
 from heterotrain_runtime.contract import Member, Membership
 from heterotrain_runtime.membership import MembershipSource, source_from_env
 from heterotrain_runtime.metrics import RuntimeMetrics
@@ -189,7 +189,8 @@ class ElasticTrainer:
         # identity and membership
         self.pod = e.get(contract.ENV_POD_NAME) or f"rank{e.get('RANK', '0')}"
         self.accelerator = e.get(contract.ENV_ACCELERATOR, "cpu")
-        self.backend = e.get(contract.ENV_BACKEND) or contract.default_backend(self.accelerator)
+        self.backend = usable_backend(e.get(contract.ENV_BACKEND) or contract.default_backend(self.accelerator),
+                                      emulated=bool(e.get(contract.ENV_EMULATED_SPEED)))
         self.source: MembershipSource | None = None
         if e.get(contract.ENV_MEMBERSHIP_SOURCE):
             self.source = source_from_env(e)

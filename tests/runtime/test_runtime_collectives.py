@@ -69,3 +69,19 @@ def test_buckets_group_by_dtype_and_size() -> None:
     for b in plan:
         assert len({ts[i].dtype for i in b}) == 1
     assert [0, 2] in plan  # 80 bytes of float32 share a bucket; the 400-byte tensor gets its own
+
+
+def test_usable_backend_falls_back_to_gloo_without_the_device():
+    import warnings
+
+    import torch
+
+    from heterotrain_runtime.collectives import usable_backend
+
+    assert usable_backend("nccl", emulated=True) == "gloo"
+    assert usable_backend(None) == "gloo"
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        expected = "nccl" if torch.cuda.is_available() else "gloo"
+        assert usable_backend("nccl") == expected
+        assert usable_backend("rccl") == ("rccl" if torch.cuda.is_available() else "gloo")
