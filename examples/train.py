@@ -1,109 +1,17 @@
 #!/usr/bin/env python
-"""Example HeteroTrain job: an MLP regression on a synthetic, seeded dataset.
+"""The example training job: an MLP on a synthetic, seeded dataset, written with the HeteroTrain SDK.
 
-Runs anywhere the SDK does:
+Its code lives in the runtime package (``runtime/heterotrain_runtime/examples/train.py``) so that any
+worker image with Python and torch can run it as ``python -m heterotrain_runtime.examples.train`` once
+the operator has injected the runtime; this file runs the same thing:
 
-* local mode:   heterotrain run --local --pools nvidia-a100:2,huawei-ascend-910b:1 examples/train.py --steps 200
-* a pod:        python -m heterotrain_runtime launch -- python examples/train.py   (the operator does this)
-* plain:        python examples/train.py --steps 50      (one process)
-* torchrun:     torchrun --nproc-per-node 2 examples/train.py
-
-Steps, batch size and checkpoint directory come from the command line or from
-the environment (HETEROTRAIN_TOTAL_STEPS, HETEROTRAIN_GLOBAL_BATCH_SIZE,
-HETEROTRAIN_CHECKPOINT_DIR).  Prints progress on rank 0 and exits 0 when done.
+    heterotrain run --local --pools nvidia-a100:2,huawei-ascend-910b:1 examples/train.py --steps 200
+    python examples/train.py --steps 50
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-import torch
-import torch.nn.functional as F
-
-from heterotrain_runtime import contract
-from heterotrain_runtime.sdk import ElasticTrainer
-
-
-class SyntheticRegression:
-    """``y = tanh(x @ w1) @ w2 + noise``, generated from ``seed`` (identical in every process)."""
-
-    def __init__(self, n: int, dim: int = 16, seed: int = 1234) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, dim, generator=g)
-        w1 = torch.randn(dim, 32, generator=g) / dim**0.5
-        w2 = torch.randn(32, 1, generator=g) / 32**0.5
-        self.y = torch.tanh(self.x @ w1) @ w2 + 0.01 * torch.randn(n, 1, generator=g)
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[i], self.y[i]
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.x[idx], self.y[idx]
-
-
-def build_model(dim: int = 16, hidden: int = 64, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(dim, hidden),
-        torch.nn.Tanh(),
-        torch.nn.Linear(hidden, hidden),
-        torch.nn.Tanh(),
-        torch.nn.Linear(hidden, 1),
-    )
-
-
-def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-
-
-def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    x, y = batch
-    return F.mse_loss(model(x), y)  # mean over the local batch
-
-
-def main(argv: list[str] | None = None) -> int:
-    env = os.environ
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=int(env.get(contract.ENV_TOTAL_STEPS, "100")))
-    p.add_argument(
-        "--global-batch-size", type=int, default=int(env.get(contract.ENV_GLOBAL_BATCH_SIZE, "64"))
-    )
-    p.add_argument("--dataset-size", type=int, default=4096)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--checkpoint-dir", default=env.get(contract.ENV_CHECKPOINT_DIR))
-    p.add_argument("--checkpoint-interval", type=int, default=None, help="steps between checkpoints")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
-    args = p.parse_args(argv)
-    if "OMP_NUM_THREADS" not in env:
-        torch.set_num_threads(1)
-
-    dataset = SyntheticRegression(args.dataset_size)
-    model = build_model(seed=args.seed)
-    optimizer = build_optimizer(model, args.lr)
-    trainer = ElasticTrainer(
-        model,
-        optimizer,
-        dataset,
-        global_batch_size=args.global_batch_size,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_interval_steps=args.checkpoint_interval,
-        seed=args.seed,
-        log_every=args.log_every,
-    )
-    while trainer.step < args.steps:
-        trainer.train_step(lambda batch: loss_fn(model, batch))
-    trainer.finish()
-    if trainer.is_rank0:
-        print(f"[train.py] done: {trainer.step} steps", flush=True)
-    return 0
-
+from heterotrain_runtime.examples.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

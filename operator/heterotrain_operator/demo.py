@@ -58,14 +58,16 @@ def demo(cluster_dir: Path, timeout: float, manifest: Path = QUICKSTART) -> int:
         op = subprocess.Popen([sys.executable, "-m", "heterotrain_operator", "run"], stdout=logf,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        doc = yaml.safe_load(manifest.read_text())
-        doc.setdefault("metadata", {}).setdefault("namespace", "default")
-        ns, name = doc["metadata"]["namespace"], doc["metadata"]["name"]
-        kube.apply(doc)
+        docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+        for d in docs:
+            d.setdefault("metadata", {}).setdefault("namespace", "default")
+            kube.apply(d)
+        job_doc = next(d for d in docs if d["kind"] == "HeteroTrainJob")
+        ns, name = job_doc["metadata"]["namespace"], job_doc["metadata"]["name"]
         print(f"Applied {manifest.relative_to(REPO)}: HeteroTrainJob {ns}/{name}\n", flush=True)
         deadline = time.monotonic() + timeout
         last = ""
-        running_since: float | None = None
+        shown_world = False
         while time.monotonic() < deadline:
             if op.poll() is not None:
                 print(f"the operator exited with code {op.returncode}; see {op_log}", file=sys.stderr)
@@ -76,19 +78,15 @@ def demo(cluster_dir: Path, timeout: float, manifest: Path = QUICKSTART) -> int:
                 if line != last:
                     print(f"{time.strftime('%H:%M:%S')}  {name}: {line}", flush=True)
                     last = line
-                phase = (job.get("status") or {}).get("phase")
-                if phase in ("Succeeded", "Failed"):
-                    return 0 if phase == "Succeeded" else 1
-                if phase == "Running":
-                    running_since = running_since or time.monotonic()
-                    if time.monotonic() - running_since > 5:
-                        world = (job["status"].get("membership") or {}).get("world") or []
-                        print("\nThe workers run. World:")
-                        for m in world:
-                            print(f"  rank {m['rank']}: {m['pod']}  {m['type']}  {m['address']}  weight {m['weight']}")
-                        print(f"\nkubectl get htj {name}   # KUBECONFIG={os.environ['KUBECONFIG']}")
-                        print("make cluster-down   # when done")
-                        return 0
+                st = job.get("status") or {}
+                if st.get("phase") == "Running" and not shown_world:
+                    shown_world = True
+                    print("  world:", ", ".join(f"rank {m['rank']} {m['type']} (weight {m['weight']:g})"
+                                                for m in (st.get("membership") or {}).get("world") or []))
+                if st.get("phase") in ("Succeeded", "Failed"):
+                    print(f"\nkubectl get htj {name}   # with KUBECONFIG={os.environ['KUBECONFIG']}")
+                    print(f"kubectl logs {name}-worker-0   # the batch split follows the pools' speeds")
+                    return 0 if st["phase"] == "Succeeded" else 1
             time.sleep(1.0)
         print(f"timed out after {timeout:.0f}s; operator log: {op_log}", file=sys.stderr)
         return 1

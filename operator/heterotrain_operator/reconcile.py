@@ -227,7 +227,8 @@ def reconcile_job(
     world = old_world
     if phase in TERMINAL or phase == "Suspended" or stall is not None:
         new_world: list[dict[str, Any]] | None = [] if old_world else None
-    elif same:
+    elif same or succeeded:
+        # Unchanged, or finishing: workers that completed leave no new epoch behind them.
         new_world = None
     elif len(members) >= spec.workers.min and (old_world or start_time or len(members) >= len(desired_slots)):
         new_world = members

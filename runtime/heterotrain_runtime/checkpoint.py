@@ -272,6 +272,7 @@ class CheckpointManager:
         world_size: int = 1,
         on_saved: Callable[[str, float, float], None] | None = None,
         on_loaded: Callable[[float], None] | None = None,
+        on_committed: Callable[[int, str], None] | None = None,
     ) -> None:
         self.root = root
         self.keep = max(1, keep)
@@ -280,6 +281,7 @@ class CheckpointManager:
         self.world_size = world_size
         self.on_saved = on_saved  # (kind, pause seconds, total seconds)
         self.on_loaded = on_loaded  # (seconds)
+        self.on_committed = on_committed  # (step, path), rank 0, once the checkpoint is complete
         self._stager = _Stager()
         self._pending: Future[int] | None = None
         self._lock = threading.Lock()
@@ -336,6 +338,11 @@ class CheckpointManager:
     def _finish(self, step: int, path: str, meta: Mapping[str, Any]) -> None:
         if self.rank == 0:
             commit(path, step, {"world_size": self.world_size, "meta": dict(meta)})
+            if self.on_committed is not None:
+                try:
+                    self.on_committed(step, path)
+                except Exception:  # reporting must never break a checkpoint
+                    log.warning("reporting checkpoint %s failed", step, exc_info=True)
             _crash_point("before-retention")
             deleted = apply_retention(self.root, self.keep)
             if deleted:

@@ -124,6 +124,29 @@ class KubernetesSource:
             data: Mapping[str, Any] = json.loads(resp.read().decode("utf-8"))
         return data
 
+    def apply_status(self, status: Mapping[str, Any], field_manager: str = "heterotrain-runtime") -> None:
+        """Server-side apply fields of the job's status under the runtime's own field manager.
+
+        The operator owns the rest of the status; fields applied here (``lastCheckpoint``)
+        are the runtime's, so neither side overwrites the other.
+        """
+        assert self.api_base is not None, "status reports need the in-cluster API (KUBERNETES_SERVICE_HOST)"
+        body = {"apiVersion": f"{contract.GROUP}/{contract.VERSION}", "kind": contract.KIND,
+                "metadata": {"name": self.name, "namespace": self.namespace}, "status": dict(status)}
+        req = urllib.request.Request(
+            f"{self.api_base}{self.path}/status?fieldManager={field_manager}&force=true",
+            data=json.dumps(body).encode(), method="PATCH",
+            headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+        )
+        if os.path.exists(self.token_path):
+            with open(self.token_path, encoding="utf-8") as f:
+                req.add_header("Authorization", f"Bearer {f.read().strip()}")
+        ctx = None
+        if self.api_base.startswith("https://"):
+            ctx = ssl.create_default_context(cafile=self.ca_path if os.path.exists(self.ca_path) else None)
+        with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
+            resp.read()
+
     def _get_with_client(self) -> Mapping[str, Any]:
         if self._client is None:
             try:
@@ -139,6 +162,15 @@ class KubernetesSource:
             contract.GROUP, contract.VERSION, self.namespace, contract.PLURAL, self.name
         )
         return job
+
+
+def status_reporter(env: Mapping[str, str] | None = None) -> KubernetesSource | None:
+    """A handle to report into the job's status, when running in a pod of a HeteroTrainJob."""
+    env = os.environ if env is None else env
+    ns, name = env.get(contract.ENV_NAMESPACE), env.get(contract.ENV_JOB_NAME)
+    if not ns or not name or not env.get("KUBERNETES_SERVICE_HOST"):
+        return None
+    return KubernetesSource(ns, name)
 
 
 def source_from_env(env: Mapping[str, str] | None = None) -> MembershipSource:

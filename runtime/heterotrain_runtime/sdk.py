@@ -58,7 +58,7 @@ from heterotrain_runtime.batching import DataCursor, SampleOrder, ThroughputTrac
 from heterotrain_runtime.checkpoint import CheckpointManager, atomic_write, step_dirname
 from heterotrain_runtime.collectives import GradientSync, Topology, build_topology, usable_backend
 from heterotrain_runtime.contract import Member, Membership
-from heterotrain_runtime.membership import MembershipSource, source_from_env
+from heterotrain_runtime.membership import MembershipSource, source_from_env, status_reporter
 from heterotrain_runtime.metrics import RuntimeMetrics
 from heterotrain_runtime.samplelog import SampleLog
 
@@ -185,7 +185,9 @@ class ElasticTrainer:
                 keep=checkpoint_keep or int(e.get(contract.ENV_CHECKPOINT_KEEP, "3") or 3),
                 on_saved=self._on_saved,
                 on_loaded=lambda s: self.metrics.checkpoint_load_seconds.observe(s),
+                on_committed=self._on_committed,
             )
+        self._status = status_reporter(e)  # the job's status, when running in a HeteroTrainJob pod
         # identity and membership
         self.pod = e.get(contract.ENV_POD_NAME) or f"rank{e.get('RANK', '0')}"
         self.accelerator = e.get(contract.ENV_ACCELERATOR, "cpu")
@@ -770,6 +772,22 @@ class ElasticTrainer:
         self.ckpt.wait(raise_errors=False)
         self.ckpt.save(self.step, self._dcp_state(), self._meta(), asynchronous)
         self._last_ckpt_time = time.monotonic()
+
+    def _on_committed(self, step: int, path: str) -> None:
+        """Rank 0, once a checkpoint is complete: report it as the job's status.lastCheckpoint."""
+        reporter = self._status
+        if reporter is None:
+            return
+        record = {"lastCheckpoint": {"step": step, "path": path,
+                                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+
+        def send() -> None:
+            try:
+                reporter.apply_status(record)
+            except Exception as e:  # the job trains on whether or not the API answers
+                log.warning("could not report checkpoint %d to the job status: %s", step, e)
+
+        threading.Thread(target=send, name=f"heterotrain-report-{step}", daemon=True).start()
 
     def _on_saved(self, kind: str, pause: float, total: float) -> None:
         self.metrics.checkpoint_save_seconds.labels(kind="pause").observe(pause)

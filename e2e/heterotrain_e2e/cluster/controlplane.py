@@ -264,7 +264,7 @@ def up(
         ])
 
         nodes = profilemod.node_manifests(prof)
-        items = {"apiVersion": "v1", "kind": "List", "items": nodes}
+        items = {"apiVersion": "v1", "kind": "List", "items": [*nodes, *shared_volumes(d)]}
         _kubectl(tc, kubeconfig, "apply", "--server-side", "--field-manager=heterotrain-cluster", "-f", "-",
                  input=json.dumps(items))
         if any(n["metadata"]["annotations"].get(profilemod.KWOK_ANNOTATION) for n in nodes):
@@ -306,6 +306,22 @@ def up(
     state["secondsToReady"] = round(t_ready - t_built, 2)
     _write_state(d, state)
     return ClusterInfo(d, kubeconfig, server, False, t_ready - t0)
+
+
+def shared_volumes(d: Path, count: int = 16) -> list[dict[str, Any]]:
+    """PersistentVolumes (ReadWriteMany, no storage class) that PVCs of jobs bind to.
+
+    The process runner maps a claim to a directory shared by all process nodes,
+    whatever the volume says; these PVs only let the real PV controller bind claims,
+    which the scheduler requires before it places a pod that uses one.
+    """
+    return [{
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": f"shared-{i}", "labels": {"heterotrain.io/local-volume": "true"}},
+        "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "hostPath": {"path": str(d / "pv" / str(i)), "type": "DirectoryOrCreate"}},
+    } for i in range(count)]
 
 
 def pod_cidr(d: Path) -> str:
