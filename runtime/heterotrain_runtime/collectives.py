@@ -17,7 +17,6 @@ control vector of every step and the state broadcast of a re-formation.
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
