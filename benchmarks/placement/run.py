@@ -231,50 +231,91 @@ def _eligible(job: JobRequest, n: Node, o: AcceleratorOption) -> bool:
             t.tolerates(taint) for t in job.tolerations
         ):
             return False
-    return True
+    have = dict(n.labels)
+    return all(have.get(k) == v for k, v in job.node_selector)
+
+
+# What the LP bound contains; recorded in the JSON so that the figure's denominator is unambiguous.
+LP_CONSTRAINTS = (
+    "variables x[j,t] >= 0 (workers of job j on type t), y[j] in [0,1] (admitted fraction of job j)",
+    "gang: min_j * y_j <= sum_t x[j,t] <= max_j * y_j",
+    "per job and type: x[j,t] <= u[j,t] * y_j, u[j,t] = min(max_j, cap[j,t], slots[j,t]) where slots[j,t] = "
+    "sum over nodes n usable by j with type t (ready, schedulable, resource, taints, node selector) of "
+    "min(floor(free_acc_n / per_worker), floor(free_cpu_n / cpu_j), floor(free_mem_n / mem_j))",
+    "per type t and worker size q (sizes are powers of two): sum over (j,t) with per_worker >= q of "
+    "per_worker * x[j,t] <= sum over nodes of type t of floor(free_acc_n / q) * q",
+    "per type t and worker size q: sum over (j,t) with per_worker >= q of cpu_j * x[j,t] <= sum of free cpu "
+    "over nodes of type t with free_acc >= q; the same for memory",
+    "not modelled (so the bound stays >= every feasible plan): integrality of x and y, which node each worker "
+    "is on beyond the per-node slot counts above, and the priority / first-come-first-served admission order",
+)
 
 
 def lp_upper_bound(
     snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], admitted: set[str] | None = None
 ) -> float:
-    """LP relaxation of max total normalized throughput, nodes aggregated per accelerator type.
+    """LP relaxation of max total normalized throughput over every feasible plan (see ``LP_CONSTRAINTS``).
 
-    Variables x[j,t] (workers of job j on type t) and y[j] (admitted fraction of job j):
-      min_j y_j <= sum_t x_jt <= max_j y_j,  0 <= y_j <= 1,  0 <= x_jt <= per-type cap,
-      x_jt <= number of slots of per_worker(j,t) accelerators on type t,
-      for every type t and every size q: sum over (j,t) with per_worker >= q of per_worker * x_jt
-        <= sum over nodes of type t of floor(free / q) * q   (valid because sizes are powers of two).
-    Every feasible plan satisfies these, so the optimum bounds every plan's throughput from above.
-    With ``admitted`` given, y is fixed to 1 for those jobs and 0 for the others: the bound for plans that
-    admit exactly that set (it separates the admission policy from the placement quality).
+    Nodes are aggregated per accelerator type, except that each (job, type) gets its exact per-node slot
+    count (accelerators, CPU and memory on every usable node).  Every constraint holds for every feasible
+    integral plan (admitted y_j = 1, x[j,t] its workers of type t), whatever its admission order, so the
+    optimum bounds every plan's throughput from above.  With ``admitted`` given, y is fixed to 1 for those
+    jobs and 0 for the others: the bound for plans that admit exactly that set (it separates the admission
+    policy from the placement quality).
     """
-    free: dict[str, list[int]] = {}
-    for n in snapshot.nodes:
-        if n.accelerator and n.ready and not n.unschedulable:
-            free.setdefault(n.accelerator, []).append(
-                max(0, n.accelerators_allocatable - n.accelerators_used)
-            )
+    usable = [n for n in snapshot.nodes if n.accelerator and n.ready and not n.unschedulable]
+    free_acc: dict[str, np.ndarray] = {}
+    free_cpu: dict[str, np.ndarray] = {}
+    free_mem: dict[str, np.ndarray] = {}
+    members: dict[str, list[Node]] = {}
+    for n in usable:
+        members.setdefault(n.accelerator or "", []).append(n)
+    for t, ns in members.items():
+        free_acc[t] = np.array([max(0, n.accelerators_allocatable - n.accelerators_used) for n in ns])
+        free_cpu[t] = np.array([max(0, n.cpu_milli_allocatable - n.cpu_milli_used) for n in ns], dtype=float)
+        free_mem[t] = np.array([max(0, n.memory_allocatable - n.memory_used) for n in ns], dtype=float)
     sizes = sorted({o.per_worker for j in jobs for o in j.accelerators})
     assert all(s & (s - 1) == 0 for s in sizes), "nested size constraints need power-of-two sizes"
-    reps: dict[tuple[str | None, str | None, tuple[Taint, ...]], Node] = {}
-    for n in snapshot.nodes:
-        if n.ready and not n.unschedulable:
-            reps.setdefault((n.accelerator, n.resource_name, n.taints), n)
-    var: list[tuple[int, AcceleratorOption]] = []
+    # Node groups with identical eligibility (type, resource, taints, labels): eligibility per group.
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for t, ns in members.items():
+        for i, n in enumerate(ns):
+            groups.setdefault((t, n.resource_name, n.taints, n.labels), []).append(i)
+    gidx = {k: np.array(v) for k, v in groups.items()}
+    var: list[tuple[int, AcceleratorOption, float]] = []  # (job, option, u[j,t])
     by_job: dict[int, list[int]] = {}
     for ji, j in enumerate(jobs):
         for o in j.accelerators:
-            if free.get(o.type) and any(_eligible(j, n, o) for n in reps.values()):
-                by_job.setdefault(ji, []).append(len(var))
-                var.append((ji, o))
+            if o.type not in members or o.per_worker <= 0:
+                continue
+            idx = [
+                ix
+                for (t, _, _, _), ix in gidx.items()
+                if t == o.type and _eligible(j, members[t][int(ix[0])], o)
+            ]
+            if not idx:
+                continue
+            sel = np.concatenate(idx)
+            per_node = free_acc[o.type][sel] // o.per_worker
+            if j.cpu_milli_per_worker > 0:
+                per_node = np.minimum(per_node, free_cpu[o.type][sel] // j.cpu_milli_per_worker)
+            if j.memory_per_worker > 0:
+                per_node = np.minimum(per_node, free_mem[o.type][sel] // j.memory_per_worker)
+            slots = int(per_node.sum())
+            cap = j.max_workers if o.max_workers is None else min(o.max_workers, j.max_workers)
+            u = float(min(cap, slots))
+            if u <= 0:
+                continue
+            by_job.setdefault(ji, []).append(len(var))
+            var.append((ji, o, u))
     nx, ny = len(var), len(jobs)
+    if nx == 0:
+        return 0.0
     c = np.zeros(nx + ny)
     bounds: list[tuple[float, float]] = []
-    for k, (ji, o) in enumerate(var):
+    for k, (_, o, u) in enumerate(var):
         c[k] = -o.relative_throughput
-        slots = sum(f // o.per_worker for f in free[o.type])
-        cap = jobs[ji].max_workers if o.max_workers is None else min(o.max_workers, jobs[ji].max_workers)
-        bounds.append((0.0, float(min(cap, slots))))
+        bounds.append((0.0, u))
     if admitted is None:
         bounds += [(0.0, 1.0)] * ny
     else:
@@ -284,37 +325,37 @@ def lp_upper_bound(
     vals: list[float] = []
     rhs: list[float] = []
     r = 0
+
+    def row(entries: Sequence[tuple[int, float]], b: float) -> None:
+        nonlocal r
+        for col, v in entries:
+            rows.append(r)
+            cols.append(col)
+            vals.append(v)
+        rhs.append(b)
+        r += 1
+
     for ji, j in enumerate(jobs):  # sum x - max*y <= 0 ; min*y - sum x <= 0
         ks = by_job.get(ji, [])
-        for k in ks:
-            rows.append(r)
-            cols.append(k)
-            vals.append(1.0)
-        rows.append(r)
-        cols.append(nx + ji)
-        vals.append(-float(j.max_workers))
-        rhs.append(0.0)
-        r += 1
-        for k in ks:
-            rows.append(r)
-            cols.append(k)
-            vals.append(-1.0)
-        rows.append(r)
-        cols.append(nx + ji)
-        vals.append(float(j.min_workers))
-        rhs.append(0.0)
-        r += 1
-    for t, fl in sorted(free.items()):
+        row([(k, 1.0) for k in ks] + [(nx + ji, -float(j.max_workers))], 0.0)
+        row([(k, -1.0) for k in ks] + [(nx + ji, float(j.min_workers))], 0.0)
+        for k in ks:  # x[j,t] <= u[j,t] * y_j
+            row([(k, 1.0), (nx + ji, -var[k][2])], 0.0)
+    for t in sorted(members):
+        fa, fc, fm = free_acc[t], free_cpu[t], free_mem[t]
         for q in sizes:
-            ks = [k for k, (_, o) in enumerate(var) if o.type == t and o.per_worker >= q]
+            ks = [k for k, (_, o, _) in enumerate(var) if o.type == t and o.per_worker >= q]
             if not ks:
                 continue
-            for k in ks:
-                rows.append(r)
-                cols.append(k)
-                vals.append(float(var[k][1].per_worker))
-            rhs.append(float(sum(f // q * q for f in fl)))
-            r += 1
+            big = fa >= q
+            row([(k, float(var[k][1].per_worker)) for k in ks], float((fa // q * q).sum()))
+            cpu_ks = [(k, float(jobs[var[k][0]].cpu_milli_per_worker)) for k in ks]
+            if any(v > 0 for _, v in cpu_ks):
+                row([e for e in cpu_ks if e[1] > 0], float(fc[big].sum()))
+            mem_ks = [(k, float(jobs[var[k][0]].memory_per_worker)) for k in ks]
+            if any(v > 0 for _, v in mem_ks):
+                # In GiB, so that the row is not badly scaled against the others.
+                row([(k, v / GIB) for k, v in mem_ks if v > 0], float(fm[big].sum()) / GIB)
     a = coo_matrix((vals, (rows, cols)), shape=(r, nx + ny)).tocsr()
     res = linprog(c, A_ub=a, b_ub=np.array(rhs), bounds=bounds, method="highs")
     assert res.status == 0, res.message
@@ -527,7 +568,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "binpack_vs_lp": med("binpack", "vs_lp"),
         "single_type_vs_lp": med("single_type", "vs_lp"),
         "throughput_vs_lp_worst": worst("ours"),
+        # Secondary figure, NOT the target: each policy against the same LP with its own admitted set fixed
+        # (y_j = 1 for the jobs it admitted, 0 for the rest); it isolates placement quality from admission.
         "throughput_vs_lp_given_admitted": {b: med(b, "vs_lp_given_admitted") for b in POLICIES},
+        "throughput_vs_lp_given_admitted_note": "secondary: LP with the admission set fixed to the policy's "
+        "own; the target figure is throughput_vs_lp (LP free to admit any fractional subset of jobs)",
         "scenarios_where_ours_is_best": f"{beats}/{len(scenarios)}",
         "stranded_accelerators_fraction": med("ours", "stranded_accelerators_fraction"),
         "stranded_accelerators_fraction_baselines": {
@@ -551,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "timed": "time.perf_counter() around plan(); pods/s = placed worker pods / seconds "
             "(pods_per_cpu_second: the same with time.process_time(), insensitive to other load on the machine)",
         },
+        "lp_bound_constraints": list(LP_CONSTRAINTS),
         "quick": bool(args.quick),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
         "python": platform.python_version(),

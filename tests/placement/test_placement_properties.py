@@ -351,3 +351,86 @@ def test_baselines_produce_valid_plans_and_never_beat_the_lp_bound(data: st.Data
         result: Plan = fn(snap, jobs, now=0.0)
         check_invariants(snap, jobs, result)
         assert result.total_throughput <= bound + 1e-6, fn.__name__
+
+
+def _exact_optimum(snap: ClusterSnapshot, jobs: list[JobRequest]) -> float:
+    """Max total throughput over every feasible plan (any admission order), by a per-node MILP."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    var: list[tuple[int, int, int]] = []  # (job, option, node)
+    for ji, j in enumerate(jobs):
+        for oi, o in enumerate(j.accelerators):
+            for ni, n in enumerate(snap.nodes):
+                if node_usable_for(n, j, o):
+                    var.append((ji, oi, ni))
+    nx, ny = len(var), len(jobs)
+    if nx == 0:
+        return 0.0
+    c = np.zeros(nx + ny)
+    rows: list[np.ndarray] = []
+    lo: list[float] = []
+    hi: list[float] = []
+    for k, (ji, oi, _) in enumerate(var):
+        c[k] = -jobs[ji].accelerators[oi].relative_throughput
+    for ji, j in enumerate(jobs):
+        a = np.zeros(nx + ny)
+        for k, (jj, _, _) in enumerate(var):
+            if jj == ji:
+                a[k] = 1.0
+        b = a.copy()
+        a[nx + ji] = -j.max_workers
+        rows.append(a)
+        lo.append(-np.inf)
+        hi.append(0.0)
+        b[nx + ji] = -j.min_workers
+        rows.append(b)
+        lo.append(0.0)
+        hi.append(np.inf)
+        for oi, o in enumerate(j.accelerators):
+            if o.max_workers is not None:
+                a = np.zeros(nx + ny)
+                for k, (jj, oo, _) in enumerate(var):
+                    if jj == ji and oo == oi:
+                        a[k] = 1.0
+                rows.append(a)
+                lo.append(-np.inf)
+                hi.append(float(o.max_workers))
+    for ni, n in enumerate(snap.nodes):
+        for free, per in (
+            (n.accelerators_allocatable - n.accelerators_used, lambda j, o: o.per_worker),
+            (n.cpu_milli_allocatable - n.cpu_milli_used, lambda j, o: j.cpu_milli_per_worker),
+            ((n.memory_allocatable - n.memory_used) / GIB, lambda j, o: j.memory_per_worker / GIB),
+        ):
+            a = np.zeros(nx + ny)
+            for k, (ji, oi, nn) in enumerate(var):
+                if nn == ni:
+                    a[k] = per(jobs[ji], jobs[ji].accelerators[oi])
+            rows.append(a)
+            lo.append(-np.inf)
+            hi.append(float(free))
+    res = milp(
+        c,
+        constraints=LinearConstraint(np.array(rows), lo, hi),
+        integrality=np.ones(nx + ny),
+        bounds=Bounds(np.zeros(nx + ny), np.array([np.inf] * nx + [1.0] * ny)),
+    )
+    assert res.status == 0, res.message
+    return float(-res.fun)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_lp_bound_is_above_the_exact_optimum_and_every_plan(data: st.DataObject) -> None:
+    """The benchmark's LP bound (with its CPU, memory and per-node slot rows) stays a valid upper bound."""
+    bench = _load_benchmark()
+    nodes = [replace(n, taints=()) for n in data.draw(nodes_st(max_size=5))]
+    jobs = [replace(j, tolerations=()) for j in data.draw(jobs_st(max_size=4))]
+    snap = ClusterSnapshot(tuple(nodes))
+    if any(n.accelerators_used > n.accelerators_allocatable for n in nodes):
+        return
+    bound = bench.lp_upper_bound(snap, jobs)
+    exact = _exact_optimum(snap, jobs)
+    assert exact <= bound + 1e-6
+    for fn in (plan, plan_typeblind_spread, plan_binpack, plan_single_type):
+        assert fn(snap, jobs, now=0.0).total_throughput <= bound + 1e-6, fn.__name__

@@ -532,3 +532,21 @@ def test_over_used_node_is_not_used_and_does_not_break_the_index():
     snap = cluster(node("h-1", size=4, used=6), node("h-2", size=4, used=1))
     r = run(snap, job("ns/a", min_w=1, max_w=8))
     assert nodes_of(r, "ns/a") == Counter({"h-2": 3})
+
+
+def test_backfill_repacks_earlier_gangs_when_a_later_gang_only_fits_that_way() -> None:
+    # j0 and j2 (priority 10) are placed first, fastest type first, and fragment the mi300x nodes; j1 needs
+    # three whole 4-accelerator slots.  Its min fits once the earlier (not yet running) workers are re-placed:
+    # it must be admitted (gang rule: admit when min fits), and the earlier jobs stay admitted.
+    snap = cluster(
+        node("n0", "mi300x", 4), node("n1", "mi300x", 4), node("n2", "a100", 8), node("n3", "mi300x", 8)
+    )
+    jobs = [
+        job("ns/j0", opt("a100", 2, 0.95), opt("mi300x", 1, 2.61), min_w=3, prio=10, created=0.0),
+        job("ns/j1", opt("mi300x", 4, 1.68), opt("h100", 1, 2.11), min_w=3, prio=0, created=1.0),
+        job("ns/j2", opt("h100", 1, 2.29), opt("mi300x", 1, 2.43), min_w=4, prio=10, created=2.0),
+    ]
+    result = plan(snap, jobs, now=0.0)
+    check_invariants(snap, jobs, result)
+    assert all(result[k].admitted for k in ("ns/j0", "ns/j1", "ns/j2"))
+    assert plan(snap, jobs, now=0.0) == result

@@ -11,7 +11,9 @@ Algorithm (see ``plan``):
    in free capacity, the planner moves workers placed earlier *in this round* to other accepted types of
    their jobs (up to two moves deep), then shrinks strictly lower priority running jobs towards (never
    below) their ``min_workers``, lowest priority and newest first.  If the gang still does not fit, every
-   tentative change is rolled back: nothing of the job is placed (a running job below min is stopped).
+   tentative change is rolled back.  Last chance (backfill by re-packing): every worker placed in this round
+   is lifted and the mins of all admitted jobs plus this one are placed again, least flexible first; if
+   that fails too, nothing of the job is placed (a running job below min is stopped).
    A gang admitted by preemption is pinned where the room was made.
 3. *Price.*  Shadow prices of each accelerator type are computed from the Lagrangian dual of the aggregated
    throughput LP of the admitted jobs (projected subgradient, fixed round count).  The reduced value of a
@@ -682,7 +684,7 @@ class _Planner:
                     "node selector and tolerations"
                 )
                 continue
-            if not self._attempt(j):
+            if not self._attempt(j) and not self._repack_for(j):
                 had = j.total
                 self._drop_kept(j)
                 j.reason = REASON_INSUFFICIENT_CAPACITY
@@ -717,6 +719,49 @@ class _Planner:
             # Admitted by preempting others: pin the gang where the room was made (later steps never move
             # kept workers), so the freed accelerators cannot end up with anybody else.
             self._settle(j)
+        return True
+
+    def _flex_key(self, j: _Job) -> tuple[int, tuple[int, float, str]]:
+        """Least flexible jobs (fewest usable accepted types) are placed first when placements are redone."""
+        return (sum(1 for o in j.opts if o.pool_set), j.rank)
+
+    def _repack_for(self, j: _Job) -> bool:
+        """Backfill by re-packing: admit ``j`` if the mins of every admitted job fit once re-placed.
+
+        The greedy admission places each gang where it fits best at its turn; that can leave no room for a
+        later gang even though a different placement of the earlier gangs' (not yet running) workers would
+        hold them all.  Here every worker placed in this round is lifted, and the mins of all admitted jobs
+        plus ``j`` are placed again, least flexible jobs first (with the same moves as admission).  Kept
+        workers, and gangs pinned by preemption, stay.  If some min does not fit, everything is rolled back.
+        Jobs ahead of ``j`` stay admitted either way, so the priority / first-come-first-served order holds.
+        """
+        lifted = sum(sum(o.new_nodes.values()) for a in self.jobs if a.admitted for o in a.opts)
+        if self.budget <= lifted:
+            return False
+        self.budget -= lifted
+        mark = self._begin()
+        for a in self.jobs:
+            if not a.admitted:
+                continue
+            for o in a.opts:
+                for nidx, c in sorted(o.new_nodes.items()):
+                    for _ in range(c):
+                        self._give(self.nodes[nidx], a, o, kept=False)
+        j.admitted = True
+        ok = True
+        for a in sorted((a for a in self.jobs if a.admitted and a.total < a.min), key=self._flex_key):
+            self._fill(a, a.min - a.total, opts=self._by_value(a))
+            if a.total < a.min:
+                self._relocate_for(a, a.min - a.total)
+            if a.total < a.min:
+                ok = False
+                break
+        if not ok:
+            self._rollback(mark)
+            self._commit(mark)
+            j.admitted = False
+            return False
+        self._commit(mark)
         return True
 
     def _settle(self, j: _Job) -> None:
@@ -852,7 +897,7 @@ class _Planner:
             j = self.jobs[jidx]
             self._give(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
         ok = True
-        flex = sorted(self.jobs, key=lambda j: (sum(1 for o in j.opts if o.pool_set), j.rank))
+        flex = sorted(self.jobs, key=self._flex_key)
         for j in flex:
             if not j.admitted or j.total >= j.min:
                 continue
