@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from heterotrain_e2e.procnode.kube import KubeREST, pod_path, q
 
 pytestmark = pytest.mark.e2e

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import pytest
+
 from heterotrain_api import (
     KNOWN_ACCELERATORS,
     AcceleratorResolutionError,

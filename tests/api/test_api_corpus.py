@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from api_corpus import INVALID_DIR, InvalidManifest, corpus, examples
+
 from heterotrain_api import InvalidJobError, parse_job, resolve_accelerators
 
 CORPUS = corpus()

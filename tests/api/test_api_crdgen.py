@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from heterotrain_api import crdgen
 from heterotrain_api.v1alpha1 import MSG_BATCH_GE_MAX, MSG_WORKERS_MIN_MAX
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from heterotrain_api import (
     AcceleratorSpec,
     CheckpointSpec,
@@ -21,7 +23,6 @@ from heterotrain_api import (
     parse_spec,
 )
 from heterotrain_api.v1alpha1 import CONDITION_TYPES, MSG_WORKERS_MIN_MAX
-from pydantic import ValidationError
 
 MINIMAL: dict[str, Any] = {
     "apiVersion": "heterotrain.io/v1alpha1",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from heterotrain_e2e.procnode.envresolve import (
     ConfigError,
     field_ref_value,

@@ -6,6 +6,7 @@ import signal
 from typing import Any
 
 import pytest
+
 from heterotrain_e2e.procnode import lifecycle as lc
 from heterotrain_e2e.procnode import status as stmod
 from heterotrain_e2e.procnode.lifecycle import (

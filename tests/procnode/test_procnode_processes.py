@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from heterotrain_e2e.procnode.ipam import IPAllocator, IPExhausted
 from heterotrain_e2e.procnode.process import ContainerProcess, kill_leftovers, write_pid_file
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from heterotrain_e2e.procnode.expansion import expand, mapping_for
 from heterotrain_e2e.procnode.kubeconfig import read_api_server, service_account_kubeconfig
 from heterotrain_e2e.procnode.paths import PathMap, PodDirs, safe_relative

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from heterotrain_e2e.procnode import lifecycle
 from heterotrain_e2e.procnode.ipam import IPAllocator
 from heterotrain_e2e.procnode.kube import ApiError
