@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from heterotrain_e2e import testing
 from heterotrain_e2e.procnode.kube import KubeREST, pod_path, q
 
 pytestmark = pytest.mark.e2e
@@ -27,14 +28,7 @@ SPEED_ANNOTATION = "heterotrain.io/emulated-speed"
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return testing.wait_for(what, probe, timeout=timeout, interval=interval)
 
 
 @pytest.fixture(scope="module")
