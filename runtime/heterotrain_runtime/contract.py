@@ -192,15 +192,21 @@ DEFAULT_REBALANCE_MIN_INTERVAL_SECONDS = 30.0
 # the runtime refines them from measured step times, so they only need to be
 # good enough for a first split.
 DEFAULT_RELATIVE_THROUGHPUT: dict[str, float] = {
-    "nvidia-h100": 3.0,
-    "nvidia-h200": 3.2,
+    # The same numbers as the API's table of known accelerators (heterotrain_api.accelerators:
+    # peak dense BF16 relative to an A100), which the operator uses for the weights it publishes;
+    # a test keeps the two in agreement.  Local mode reads them from here.
+    "nvidia-b200": 7.21,
+    "nvidia-h100": 3.17,
+    "nvidia-h200": 3.17,
     "nvidia-a100": 1.0,
-    "nvidia-h20": 0.9,
-    "nvidia-l40s": 0.9,
-    "nvidia-a10": 0.4,
-    "huawei-ascend-910b": 0.8,
-    "amd-mi300x": 1.3,
-    "amd-mi250x": 0.8,
+    "nvidia-h20": 0.47,
+    "nvidia-l40s": 1.16,
+    "nvidia-l4": 0.39,
+    "nvidia-v100": 0.4,
+    "huawei-ascend-910b": 1.0,
+    "amd-mi300x": 4.19,
+    "amd-mi325x": 4.19,
+    "amd-mi250x": 0.61,
     "cpu": 0.05,
 }
 
