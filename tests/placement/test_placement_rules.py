@@ -432,6 +432,63 @@ def test_applying_a_plan_and_replanning_changes_nothing():
     assert [(p.key, p.workers) for p in second.jobs] == [(p.key, p.workers) for p in first.jobs]
 
 
+def test_replan_fixed_point_when_preempting_fresh_growth_first_spends_the_victims_spare():
+    # Found by hypothesis (test_preemption_rules_under_contention).  run0 runs 6 h100 workers (min 1) and,
+    # after hi0 and hi1 take c-05 and c-00, grows 2 unstarted a100 workers on c-04 in the first plan.  The
+    # retry of hi2 (3 x 4 accelerators) used to evict that fresh growth first ("free"), spending 2 of
+    # run0's 5 spare workers on c-04, so c-05 lacked spare and hi2 was refused; the next plan (growth now
+    # running) evicts run2 on c-04 instead and admits hi2.  The first plan must already admit it.
+    snap = cluster(
+        node("c-00", "h100", 4),
+        node("c-01", "h100", 4),
+        node("c-02", "a100", 4, 1),
+        node("c-03", "a100", 4, 1),
+        node("c-04", "a100", 8, 2),
+        node("c-05", "h100", 8),
+    )
+    jobs = [
+        job(
+            "ns/run0",
+            opt("a100"),
+            opt("h100", per=2, r=2.0),
+            min_w=1,
+            max_w=6,
+            current=[WorkerSlot(n, "h100") for n in ("c-00", "c-00", "c-01", "c-01", "c-05", "c-05")],
+        ),
+        job(
+            "ns/run1",
+            opt("a100"),
+            min_w=1,
+            max_w=5,
+            created=1.0,
+            current=[WorkerSlot(n, "a100") for n in ("c-02", "c-02", "c-03", "c-03", "c-03")],
+        ),
+        job(
+            "ns/run2",
+            opt("a100"),
+            min_w=1,
+            max_w=3,
+            created=2.0,
+            current=[WorkerSlot(n, "a100") for n in ("c-02", "c-04", "c-04")],
+        ),
+        job("ns/hi0", opt("h100"), min_w=1, max_w=1, prio=2),
+        job("ns/hi1", opt("h100", per=2), min_w=3, max_w=3, prio=2, created=1.0),
+        job("ns/hi2", opt("h100", per=4), opt("a100", per=4), min_w=3, max_w=3, prio=2, created=2.0),
+    ]
+    first = run(snap, *jobs)
+    assert all(p.admitted for p in first.jobs)
+    assert Counter(first["ns/hi2"].workers) == Counter(
+        {WorkerSlot("c-01", "h100"): 1, WorkerSlot("c-04", "a100"): 1, WorkerSlot("c-05", "h100"): 1}
+    )
+    # Preempted only down to min, and only running workers are reported.
+    assert first["ns/run0"].workers == (WorkerSlot("c-04", "a100"),) * 2
+    assert first["ns/run2"].preempted == (WorkerSlot("c-04", "a100"),) * 2
+    second = run(snap, *with_current(jobs, first))
+    assert [(p.key, p.admitted, p.workers) for p in second.jobs] == [
+        (p.key, p.admitted, p.workers) for p in first.jobs
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- throughput
 
 

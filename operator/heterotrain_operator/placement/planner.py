@@ -28,7 +28,9 @@ Algorithm (see ``plan``):
    min) to workers of another job when total throughput strictly increases; then grow again.
 7. *Retry.*  Jobs refused for capacity get a second admission attempt against the grown plan, where growth
    workers of lower priority jobs (not running yet) are evicted first.  Without it, the next plan would
-   preempt that growth once it runs; with it, applying a plan and planning again changes nothing.
+   preempt that growth once it runs; with it, applying a plan and planning again changes nothing.  If
+   evicting not-running workers first fails (it spends a victim's room above its min on the wrong node),
+   the attempt is repeated with every worker counted as running, the way the next plan sees them.
 
 Priority decides admission and preemption; capacity beyond the admitted jobs' mins goes where it adds
 the most throughput, whatever the priority (higher priority pending jobs can always take it back by
@@ -585,8 +587,13 @@ class _Planner:
                     break
         return placed
 
-    def _preempt_for(self, j: _Job, need: int) -> int:
-        """Shrink strictly lower priority jobs towards their min on nodes ``j`` can use, placing ``j`` there."""
+    def _preempt_for(self, j: _Job, need: int, fresh_first: bool = True) -> int:
+        """Shrink strictly lower priority jobs towards their min on nodes ``j`` can use, placing ``j`` there.
+
+        With ``fresh_first``, workers that are not running yet (placed earlier in this plan) are evicted
+        before running ones on each node; without it, every kept worker counts as running, which is the
+        order the next plan will use once this one is applied.
+        """
         prio = j.req.priority
         spare: dict[int, int] = {}
         victims: list[_Job] = []
@@ -624,7 +631,7 @@ class _Planner:
                     break
                 # Workers that are not running yet (placed earlier in this plan) go first: evicting them is free.
                 here = sorted(
-                    (n.kept[vi] <= self.jobs[vi].orig.get(nidx, 0), vrank[vi], vi)
+                    (fresh_first and n.kept[vi] <= self.jobs[vi].orig.get(nidx, 0), vrank[vi], vi)
                     for vi in n.kept
                     if vi in vrank and spare[vi] > 0
                 )
@@ -695,7 +702,25 @@ class _Planner:
                 )
 
     def _attempt(self, j: _Job) -> bool:
-        """Place the missing min workers of ``j`` at once (free room, then moves, then preemption)."""
+        """Place the missing min workers of ``j`` at once (free room, then moves, then preemption).
+
+        Preemption first evicts workers that are not running yet.  That spends the victims' room above
+        their min on the cheap workers, which can leave too little of it on another node the gang needs,
+        while the next plan (where those workers run and all count the same) would admit ``j``.  So when
+        lower priority jobs hold such workers and the attempt fails, it is made once more with every kept
+        worker counted as running: the first plan then refuses only what the next plan refuses too.
+        """
+        if self._attempt_with(j, fresh_first=True):
+            return True
+        prio = j.req.priority
+        if any(
+            v.req.priority < prio and any(c > v.orig.get(nidx, 0) for nidx, c in v.kept.items())
+            for v in self.jobs
+        ):
+            return self._attempt_with(j, fresh_first=False)
+        return False
+
+    def _attempt_with(self, j: _Job, fresh_first: bool) -> bool:
         need = j.min - j.total
         mark = self._begin()
         pmark = len(self.pre_log)
@@ -703,7 +728,7 @@ class _Planner:
         if placed < need:
             placed += self._relocate_for(j, need - placed)
         if placed < need:
-            placed += self._preempt_for(j, need - placed)
+            placed += self._preempt_for(j, need - placed, fresh_first)
         if placed < need:
             self._rollback(mark)
             self._commit(mark)
