@@ -147,7 +147,6 @@ def reconcile_job(
     waiting: tuple[str, str] | None = None
     admitted = False
     desired_slots: list[pl.WorkerSlot] = []
-    placement: list[dict[str, Any]] = []
     values: dict[str, tuple[bool, str, str]] = {}
 
     def delete_all(reason: str) -> None:
@@ -283,7 +282,7 @@ def reconcile_job(
         "workers": {"desired": len(desired_slots), "ready": len(world)},
         "mix": _mix(by_type_ready),
         "membership": {"epoch": epoch, "masterPort": c.DEFAULT_MASTER_PORT, "world": world},
-        "placement": placement or _placement_of(kept, out.apply),
+        "placement": _placement_of(kept, out.apply),
         "restarts": restarts,
     }
     by_type = {t: {"desired": by_type_desired.get(t, 0), "ready": by_type_ready.get(t, 0)}
