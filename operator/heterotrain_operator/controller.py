@@ -53,13 +53,18 @@ def job_view(obj: Mapping[str, Any]) -> d.JobView | r.Stall:
     )
 
 
-def semantic_stall(job: d.JobView, nodes: Sequence[Mapping[str, Any]]) -> r.Stall | None:
-    """What the schema cannot catch: a named type no node has, a resource no node offers."""
+def pool_resources(nodes: Sequence[Mapping[str, Any]]) -> dict[str, set[str]]:
+    """Accelerator type -> the extended resources its nodes offer."""
     types: dict[str, set[str]] = defaultdict(set)
     for n in nodes:
         t = (n["metadata"].get("labels") or {}).get(c.LABEL_ACCELERATOR)
         if t:
             types[t].update(k for k in (n.get("status", {}).get("allocatable") or {}) if "/" in k)
+    return types
+
+
+def semantic_stall(job: d.JobView, types: Mapping[str, set[str]]) -> r.Stall | None:
+    """What the schema cannot catch: a named type no node has, a resource no node offers."""
     for a in job.accelerators:
         path = f"spec.accelerators[{a.index}]"
         if a.type not in types:
@@ -94,6 +99,7 @@ class Controller:
             if labels.get(c.LABEL_ROLE) == "worker" and c.LABEL_JOB in labels:
                 workers[f"{p['metadata']['namespace']}/{labels[c.LABEL_JOB]}"].append(p)
 
+        types = pool_resources(nodes)
         views: list[tuple[dict[str, Any], d.JobView | None, r.Stall | None]] = []
         requests = []
         planned_pods: set[tuple[str, str]] = set()
@@ -104,7 +110,7 @@ class Controller:
                 continue
             if v.deleting:
                 continue  # the finalizer handler takes it from here
-            stall = semantic_stall(v, nodes)
+            stall = semantic_stall(v, types)
             views.append((obj, v, stall))
             if stall or (v.status.get("phase") in r.TERMINAL) or v.spec.suspend:
                 continue
