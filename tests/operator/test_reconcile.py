@@ -168,3 +168,19 @@ def test_pod_the_scheduler_cannot_bind_is_replanned(settings, make_job):
     assert any(e[1] == "Replanned" for e in out.events)
     created = {(p["metadata"]["name"], (p["spec"].get("affinity") or {}) != {}) for p in out.apply}
     assert ("j-worker-1", True) in created and ("j-worker-2", True) in created
+
+
+def test_semantic_stalls_name_the_field(make_job):
+    from heterotrain_operator.controller import pool_resources, semantic_stall
+
+    nodes = [{"metadata": {"name": "n1", "labels": {c.LABEL_ACCELERATOR: "nvidia-a100"}},
+              "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}}}]
+    types = pool_resources(nodes)
+    assert types == {"nvidia-a100": {"nvidia.com/gpu"}}
+    missing = semantic_stall(make_job(), types)  # the job also names nvidia-h100, which no node has
+    assert missing is not None and missing.reason == "NoMatchingNodes"
+    assert missing.message.startswith("spec.accelerators[1].type")
+    wrong = semantic_stall(make_job(accelerators=[{"type": "nvidia-a100", "resourceName": "example.com/gpu"}]), types)
+    assert wrong is not None and wrong.reason == "UnknownResourceName"
+    assert wrong.message.startswith("spec.accelerators[0].resourceName")
+    assert semantic_stall(make_job(accelerators=[{"type": "nvidia-a100"}]), types) is None
