@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
 
 from heterotrain_operator.placement import (
     AcceleratorOption,
@@ -169,3 +173,16 @@ def check_invariants(snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], resu
         assert acc[name] <= n.accelerators_allocatable, f"{name}: accelerators over-committed"
         assert cpu[name] <= n.cpu_milli_allocatable, f"{name}: cpu over-committed"
         assert mem[name] <= n.memory_allocatable, f"{name}: memory over-committed"
+
+
+def load_benchmark() -> ModuleType:
+    """``benchmarks/placement/run.py`` as a module (it is a script, not a package)."""
+    name = "placement_bench_run"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / "placement" / "run.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

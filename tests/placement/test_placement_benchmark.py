@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+
+from placement_helpers import load_benchmark
 
 REQUIRED = [
     "throughput_vs_lp",
@@ -21,20 +21,10 @@ REQUIRED = [
 ]
 
 
-def _load():  # type: ignore[no-untyped-def]
-    name = "placement_bench_run"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "benchmarks" / "placement" / "run.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def test_quick_benchmark_writes_json_and_png(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    bench = _load()
+    bench = load_benchmark()
     assert bench.main(["--quick", "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "placement.json").read_text())
     png = (tmp_path / "placement.png").read_bytes()

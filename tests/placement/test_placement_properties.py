@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from placement_helpers import GIB, check_invariants, job, node, opt, with_current
+from placement_helpers import GIB, check_invariants, job, load_benchmark, node, opt, with_current
 
 from heterotrain_operator.placement import (
     REASON_INSUFFICIENT_CAPACITY,
@@ -323,26 +323,12 @@ def test_gang_not_admitted_means_min_really_does_not_fit_alone_on_free_nodes(dat
         assert result[j.key].reason in (REASON_INSUFFICIENT_CAPACITY, "NoMatchingNodes")
 
 
-def _load_benchmark():  # type: ignore[no-untyped-def]
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "placement_bench_run"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[2] / "benchmarks" / "placement" / "run.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_baselines_produce_valid_plans_and_never_beat_the_lp_bound(data: st.DataObject) -> None:
-    bench = _load_benchmark()
+    bench = load_benchmark()
     nodes = [replace(n, taints=(), labels=()) for n in data.draw(nodes_st(max_size=8))]
     jobs = [replace(j, tolerations=(), node_selector=()) for j in data.draw(jobs_st(max_size=5))]
     snap = ClusterSnapshot(tuple(nodes))
@@ -423,7 +409,7 @@ def _exact_optimum(snap: ClusterSnapshot, jobs: list[JobRequest]) -> float:
 @given(st.data())
 def test_lp_bound_is_above_the_exact_optimum_and_every_plan(data: st.DataObject) -> None:
     """The benchmark's LP bound (with its CPU, memory and per-node slot rows) stays a valid upper bound."""
-    bench = _load_benchmark()
+    bench = load_benchmark()
     nodes = [replace(n, taints=()) for n in data.draw(nodes_st(max_size=5))]
     jobs = [replace(j, tolerations=()) for j in data.draw(jobs_st(max_size=4))]
     snap = ClusterSnapshot(tuple(nodes))
