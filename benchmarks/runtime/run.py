@@ -88,15 +88,7 @@ def _supervisor(work: Path, steps: int, policy: str, **kw: Any) -> LocalSupervis
 
 
 def _drive(sup: LocalSupervisor, cond: Any, timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc: int | None = sup.poll_once()
-        if rc is not None:
-            return rc
-        if cond():
-            return None
-        time.sleep(0.02)
-    raise TimeoutError("benchmark run timed out")
+    return sup.supervise_until(cond, timeout, poll=0.02)
 
 
 def step_time(work: Path, policy: str, steps: int, warmup: int) -> dict[str, Any]:

@@ -402,6 +402,21 @@ class LocalSupervisor:
                     f"[{pools}]"
                 )
 
+    def supervise_until(self, cond: Callable[[], bool], timeout: float, poll: float = 0.05) -> int | None:
+        """Supervise until ``cond()`` holds (returns None) or the job ends (returns its exit code).
+
+        Raises TimeoutError after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc = self.poll_once()
+            if rc is not None:
+                return rc
+            if cond():
+                return None
+            time.sleep(poll)
+        raise TimeoutError(f"supervision timed out after {timeout:.0f}s; events {self.events}")
+
     def run(self, timeout: float | None = None, poll: float = 0.1) -> int:
         self.start()
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -106,15 +105,11 @@ def make_supervisor(tmp: Path, pools: list[PoolSpec], steps: int, **kw: Any) -> 
 
 
 def drive(sup: LocalSupervisor, cond: Any, timeout: float, what: str) -> int | None:
-    """Supervise until ``cond()`` holds (None) or the job ends (its exit code)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rc: int | None = sup.poll_once()
-        if rc is not None:
-            return rc
-        if cond():
-            return None
-        time.sleep(0.05)
+    """Supervise until ``cond()`` holds (None) or the job ends (its exit code); on timeout, show the logs."""
+    try:
+        return sup.supervise_until(cond, timeout)
+    except TimeoutError:
+        pass
     logs = "\n".join(
         f"--- {name}\n" + (Path(sup.workdir, name).read_text()[-3000:])
         for name in sorted(os.listdir(sup.workdir))
