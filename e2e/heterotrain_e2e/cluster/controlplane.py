@@ -254,6 +254,10 @@ def up(
             "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
             "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
             "--concurrent-gc-syncs=5", "--profiling=false",
+            # The simulated kubelets (kwok, the process runner) renew node leases from one loaded
+            # 2-core machine; under heavy test load a renewal can be late, and the default 50s grace
+            # then flaps nodes NotReady.  Real node failure is still detected, 40s later.
+            "--node-monitor-grace-period=90s",
         ])
         s.start("kube-scheduler", [
             tc.path("kube-scheduler"), f"--kubeconfig={d / 'scheduler.kubeconfig'}",
