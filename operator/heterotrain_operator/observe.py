@@ -18,9 +18,10 @@ from heterotrain_runtime import contract as c
 from . import placement as pl
 from .desired import JobView
 
-_SUFFIX = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+_SUFFIX: dict[str, Decimal] = {
+    "": Decimal(1), "m": Decimal("0.001"),
+    **{k: Decimal(10) ** (3 * i) for i, k in enumerate(("k", "M", "G", "T", "P", "E"), start=1)},
+    **{k: Decimal(2) ** (10 * i) for i, k in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
@@ -32,7 +33,7 @@ def parse_quantity(value: Any) -> Decimal:
     m = _QUANTITY.match(str(value).strip())
     if not m or m.group(2) not in _SUFFIX:
         raise ValueError(f"not a quantity: {value!r}")
-    return Decimal(m.group(1)) * Decimal(_SUFFIX[m.group(2)])
+    return Decimal(m.group(1)) * _SUFFIX[m.group(2)]
 
 
 def milli(value: Any) -> int:
@@ -85,7 +86,7 @@ def unschedulable(pod: Mapping[str, Any]) -> bool:
         return False
     for cond in pod.get("status", {}).get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-            return cond.get("reason") == "Unschedulable"
+            return bool(cond.get("reason") == "Unschedulable")
     return False
 
 
@@ -120,7 +121,7 @@ _STANDARD = {"cpu", "memory", "pods", "ephemeral-storage"}
 
 def node_resource_name(node: Mapping[str, Any]) -> str | None:
     alloc = node.get("status", {}).get("allocatable", {}) or {}
-    extended = sorted(k for k in alloc if "/" in k and not k.startswith("hugepages-") and k not in _STANDARD)
+    extended = sorted(str(k) for k in alloc if "/" in k and not k.startswith("hugepages-") and k not in _STANDARD)
     for k in extended:
         if whole(alloc[k]) > 0:
             return k
@@ -158,12 +159,12 @@ def snapshot(
         for k, v in pod_requests(pod).items():
             acc[k] = acc.get(k, Decimal(0)) + v
     out = []
-    for node in nodes:
-        meta = node.get("metadata", {})
+    for n in nodes:
+        meta = n.get("metadata", {})
         name = str(meta["name"])
-        status = node.get("status", {})
+        status = n.get("status", {})
         alloc = status.get("allocatable", {}) or {}
-        rn = node_resource_name(node)
+        rn = node_resource_name(n)
         u = used.get(name, {})
         out.append(pl.Node(
             name=name,
@@ -177,10 +178,10 @@ def snapshot(
             memory_used=int(u.get("memory", 0)),
             taints=tuple(
                 pl.Taint(key=t.get("key", ""), value=t.get("value", "") or "", effect=t.get("effect", "NoSchedule"))
-                for t in node.get("spec", {}).get("taints", []) or []
+                for t in n.get("spec", {}).get("taints", []) or []
             ),
-            ready=node_ready(node),
-            unschedulable=bool(node.get("spec", {}).get("unschedulable")),
+            ready=node_ready(n),
+            unschedulable=bool(n.get("spec", {}).get("unschedulable")),
             labels=tuple(sorted((meta.get("labels") or {}).items())),
         ))
     out.sort(key=lambda n: n.name)

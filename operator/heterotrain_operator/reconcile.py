@@ -300,8 +300,10 @@ def reconcile_job(
     # --- events on condition transitions ---------------------------------------------------
     prev = {cnd.get("type"): cnd for cnd in old.get("conditions") or []}
     for cnd in status["conditions"]:
-        p = prev.get(cnd["type"])
-        turned_on = cnd["status"] == "True" and (p is None or p.get("status") != "True" or p.get("reason") != cnd["reason"])
+        before = prev.get(cnd["type"])
+        turned_on = cnd["status"] == "True" and (
+            before is None or before.get("status") != "True" or before.get("reason") != cnd["reason"]
+        )
         if turned_on and cnd["type"] not in ("Ready", "Reconciling"):
             kind = "Warning" if cnd["type"] in WARNING_CONDITIONS else "Normal"
             out.events.append((kind, cnd["reason"], f"{cnd['type']}: {cnd['message']}"))
