@@ -48,7 +48,7 @@ the result, and there is no randomness and no clock.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .types import (
     EFFECT_NO_EXECUTE,
@@ -773,14 +773,7 @@ class _Planner:
                     for _ in range(c):
                         self._give(self.nodes[nidx], a, o, kept=False)
         j.admitted = True
-        ok = True
-        for a in sorted((a for a in self.jobs if a.admitted and a.total < a.min), key=self._flex_key):
-            self._fill(a, a.min - a.total, opts=self._by_value(a))
-            if a.total < a.min:
-                self._relocate_for(a, a.min - a.total)
-            if a.total < a.min:
-                ok = False
-                break
+        ok = self._fill_mins(a for a in self.jobs if a.admitted and a.total < a.min)
         if not ok:
             self._rollback(mark)
             self._commit(mark)
@@ -904,6 +897,21 @@ class _Planner:
                 lam[t] = max(0.0, lam[t] - step * scale[t] * (cap[t] - dem[t]) / cap[t])
         self.prices = {t: best[1][i] for i, t in enumerate(types)}
 
+    def _fill_mins(self, jobs: Iterable[_Job]) -> bool:
+        """Bring every admitted job of ``jobs`` below its min up to it, least flexible first.
+
+        Each is filled by value, then by relocating others' workers; False as soon as one stays short.
+        """
+        for j in sorted(jobs, key=self._flex_key):
+            if not j.admitted or j.total >= j.min:
+                continue
+            self._fill(j, j.min - j.total, opts=self._by_value(j))
+            if j.total < j.min:
+                self._relocate_for(j, j.min - j.total)
+            if j.total < j.min:
+                return False
+        return True
+
     def reseat(self) -> None:
         """Re-place the workers placed in this round, each job taking its best types by reduced value.
 
@@ -921,17 +929,7 @@ class _Planner:
         for nidx, jidx, t in moved:
             j = self.jobs[jidx]
             self._give(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
-        ok = True
-        flex = sorted(self.jobs, key=self._flex_key)
-        for j in flex:
-            if not j.admitted or j.total >= j.min:
-                continue
-            self._fill(j, j.min - j.total, opts=self._by_value(j))
-            if j.total < j.min:
-                self._relocate_for(j, j.min - j.total)
-            if j.total < j.min:
-                ok = False
-                break
+        ok = self._fill_mins(self.jobs)
         if not ok:
             for j in self.jobs:
                 for o in j.opts:
