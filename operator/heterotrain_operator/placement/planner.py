@@ -402,7 +402,9 @@ class _Planner:
     def _fits(self, n: _Node, j: _Job, o: _Opt) -> bool:
         return n.acc >= o.p and n.cpu >= j.cpu and n.mem >= j.mem
 
-    def _find_in_pool(self, pool: _Pool, p: int, cpu: int, mem: int, spread: bool) -> _Node | None:
+    def _find_in_pool(
+        self, pool: _Pool, p: int, cpu: int, mem: int, spread: bool, exclude: int = -1
+    ) -> _Node | None:
         nodes = self.nodes
         rng = range(pool.maxcap, p - 1, -1) if spread else range(p, pool.maxcap + 1)
         for f in rng:
@@ -415,7 +417,7 @@ class _Planner:
                 if n.ver != ver:
                     heapq.heappop(bucket)
                     continue
-                if n.cpu >= cpu and n.mem >= mem:
+                if n.cpu >= cpu and n.mem >= mem and idx != exclude:
                     found = n
                     break
                 skipped.append(heapq.heappop(bucket))
@@ -430,8 +432,8 @@ class _Planner:
         for tier in o.pools:
             best: _Node | None = None
             for pid in tier:
-                n = self._find_in_pool(self.pools[pid], o.p, j.cpu, j.mem, j.spread)
-                if n is None or n.idx == exclude:
+                n = self._find_in_pool(self.pools[pid], o.p, j.cpu, j.mem, j.spread, exclude)
+                if n is None:
                     continue
                 if best is None:
                     best = n
@@ -1112,11 +1114,141 @@ class _Planner:
                     break
         return improved
 
+    def _evict(self, a: _Job, oa: _Opt, n: _Node) -> float | None:
+        """Take one of ``a``'s workers of type ``oa`` placed in this round off ``n``: onto another node of the
+        same type, else onto ``a``'s fastest other type with room, else drop it if ``a`` stays at or above
+        its min.  Returns the throughput lost, or None (and changes nothing) when none of these is possible.
+        """
+        self._give(n, a, oa, kept=False)
+        m = self._find(a, oa, exclude=n.idx)
+        if m is not None:
+            self._take(m, a, oa, kept=False)
+            return 0.0
+        for o2 in a.opts:  # fastest first: the first with room loses the least
+            if o2 is oa or o2.count >= o2.cap or not o2.pool_set:
+                continue
+            self.budget -= 1
+            m = self._find(a, o2, exclude=n.idx)
+            if m is not None:
+                self._take(m, a, o2, kept=False)
+                return oa.r - o2.r
+        if a.total >= a.min:
+            return oa.r
+        self._take(n, a, oa, kept=False)
+        return None
+
+    def _slowest_new(self, j: _Job, below: float) -> _Opt | None:
+        """``j``'s option with the lowest throughput under ``below`` that has workers placed in this round."""
+        slow: _Opt | None = None
+        for o in j.opts:
+            if o.new_nodes and o.r < below and (slow is None or o.r < slow.r):
+                slow = o
+        return slow
+
+    def _evict_cost(self, a: _Job, oa: _Opt) -> float:
+        """Estimated throughput lost per accelerator freed by evicting one of ``a``'s ``oa`` workers."""
+        alt = max((o.r for o in a.opts if o is not oa and o.count < o.cap and o.pool_set), default=-1.0)
+        if alt < 0:
+            alt = 0.0 if a.total > a.min else -_BIG
+        return (oa.r - alt) / oa.p
+
+    def _clear(self) -> bool:
+        """Clear room on one node for workers of another job, evicting workers of *several* jobs.
+
+        ``_exchange`` hands a node from one victim job to another; on a node shared by small workers of
+        several jobs no single victim frees enough (eight 1-GPU workers of three jobs on the 8-GPU node an
+        8-GPU worker needs).  Here a job that would gain from more workers of type t (below its max: the
+        worker's throughput; at its max: the gain of moving its slowest worker placed in this round there)
+        picks the nodes of t closest to fitting one; the workers placed there in this round are evicted,
+        cheapest estimated loss per accelerator first, each moved to another node of its type, to its job's
+        next type, or dropped above its job's min (``_evict``), until the worker fits.  The change is kept
+        only when total throughput strictly increases.
+        """
+        improved = False
+        per_type: dict[str, list[_Node]] = {}
+        for n in self.nodes:
+            if n.new and n.pool >= 0:
+                per_type.setdefault(n.accelerator or "", []).append(n)
+        if not per_type:
+            return False
+        wanting: list[tuple[float, tuple[int, float, str], int, int]] = []
+        for b in self.jobs:
+            if not b.admitted:
+                continue
+            for k, ob in enumerate(b.opts):
+                if ob.count >= ob.cap or not ob.pool_set or ob.r <= _EPS or ob.type not in per_type:
+                    continue
+                gain = ob.r
+                if b.total >= b.max:
+                    slow = self._slowest_new(b, ob.r - _EPS)
+                    if slow is None:
+                        continue
+                    gain -= slow.r
+                wanting.append((-gain / ob.p, b.rank, b.idx, k))
+        wanting.sort()
+        for _, _, bidx, k in wanting:
+            if self.budget <= 0:
+                break
+            b = self.jobs[bidx]
+            ob = b.opts[k]
+            cands: list[tuple[int, int, _Node]] = []
+            for n in per_type[ob.type]:
+                self.budget -= 1
+                if n.pool not in ob.pool_set or self._fits(n, b, ob):
+                    continue
+                room = n.acc
+                for aidx, c in n.new.items():
+                    if aidx != bidx:
+                        room += c * self.jobs[aidx].opt_by_type[ob.type].p
+                if room >= ob.p:
+                    cands.append((ob.p - n.acc, n.idx, n))
+            cands.sort(key=lambda c: (c[0], c[1]))
+            for _, _, n in cands[:3]:
+                if self.budget <= 0 or ob.count >= ob.cap:
+                    break
+                if b.total >= b.max and self._slowest_new(b, ob.r - _EPS) is None:
+                    break
+                victims = sorted(
+                    (self._evict_cost(self.jobs[aidx], self.jobs[aidx].opt_by_type[ob.type]), aidx)
+                    for aidx in n.new
+                    if aidx != bidx
+                )
+                mark = self._begin()
+                delta = 0.0
+                for _, aidx in victims:
+                    a = self.jobs[aidx]
+                    oa = a.opt_by_type[ob.type]
+                    while n.new.get(aidx, 0) and not self._fits(n, b, ob):
+                        lost = self._evict(a, oa, n)
+                        if lost is None:
+                            break
+                        delta -= lost
+                    if self._fits(n, b, ob):
+                        break
+                while self._fits(n, b, ob) and ob.count < ob.cap:
+                    if b.total >= b.max:
+                        slow = self._slowest_new(b, ob.r - _EPS)
+                        if slow is None:
+                            break
+                        src = min(slow.new_nodes, key=lambda i: (-self.nodes[i].acc, i))
+                        self._give(self.nodes[src], b, slow, kept=False)
+                        delta -= slow.r
+                    self._take(n, b, ob, kept=False)
+                    delta += ob.r
+                if delta > _EPS:
+                    self._commit(mark)
+                    improved = True
+                else:
+                    self._rollback(mark)
+                    self._commit(mark)
+        return improved
+
     def improve(self) -> None:
         self.budget = _IMPROVE_BUDGET * (len(self.nodes) + sum(j.max for j in self.jobs if j.admitted)) + 1000
         for _ in range(_IMPROVE_ROUNDS):
             changed = self._upgrade()
             changed = self._exchange() or changed
+            changed = self._clear() or changed
             if not changed:
                 break
             self.grow()
