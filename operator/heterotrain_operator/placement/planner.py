@@ -153,7 +153,19 @@ class _Pool:
 
 
 class _Opt:
-    __slots__ = ("cap", "count", "new_nodes", "p", "pool_set", "pools", "r", "rank", "resource", "type")
+    __slots__ = (
+        "cap",
+        "count",
+        "new_nodes",
+        "p",
+        "pool_set",
+        "pools",
+        "r",
+        "rank",
+        "resource",
+        "target",
+        "type",
+    )
 
     def __init__(self, option: AcceleratorOption, rank: int, cap: int) -> None:
         self.type = option.type
@@ -166,6 +178,7 @@ class _Opt:
         self.pools: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # (preferred, fallback) pool ids
         self.pool_set: frozenset[int] = frozenset()
         self.new_nodes: dict[int, int] = {}  # node idx -> workers of this type placed in this round
+        self.target = -1  # workers of this type in the aggregated LP's (averaged) primal solution; -1: none
 
 
 class _Job:
@@ -843,7 +856,7 @@ class _Planner:
             return
         tix = {t: i for i, t in enumerate(types)}
         cap = [float(free[t]) for t in types]
-        rows: list[tuple[int, int, list[tuple[int, int, float, int]]]] = []
+        rows: list[tuple[int, int, list[tuple[int, int, float, int, _Opt]]]] = []
         for j in self.jobs:
             if not j.admitted:
                 continue
@@ -852,19 +865,23 @@ class _Planner:
             if hi <= 0:
                 continue
             lo = max(0, j.min - kept)
-            opts: list[tuple[int, int, float, int]] = []
+            opts: list[tuple[int, int, float, int, _Opt]] = []
             for o in j.opts:
                 c = o.cap - (o.count - sum(o.new_nodes.values()))
                 if o.pool_set and o.type in tix and c > 0:
-                    opts.append((tix[o.type], o.p, o.r, c))
+                    opts.append((tix[o.type], o.p, o.r, c, o))
             if opts:
                 rows.append((lo, hi, opts))
         if not rows:
             return
         scale = [1e-6] * len(types)
         for _, _, opts in rows:
-            for t, p, r, _ in opts:
+            for t, p, r, _, _ in opts:
                 scale[t] = max(scale[t], r / p)
+        # Primal recovery: the average over the rounds of each round's Lagrangian maximiser converges to a
+        # primal optimum (ergodic averaging); it breaks the ties that exact prices leave at the margin.
+        takes: dict[int, float] = {}
+        rounds = 0
         lam = [0.0] * len(types)
         best = (_INF, list(lam))
         stall = 0
@@ -874,7 +891,7 @@ class _Planner:
             for lo, hi, opts in rows:
                 ranked = sorted(opts, key=lambda o: o[2] - lam[o[0]] * o[1], reverse=True)
                 tot = 0
-                for t, p, r, c in ranked:
+                for t, p, r, c, ref in ranked:
                     if tot >= hi:
                         break
                     rho = r - lam[t] * p
@@ -887,6 +904,8 @@ class _Planner:
                     dual += take * rho
                     dem[t] += take * p
                     tot += take
+                    takes[id(ref)] = takes.get(id(ref), 0.0) + take
+            rounds += 1
             if dual < best[0] - 1e-12:
                 best = (dual, list(lam))
                 stall = 0
@@ -898,6 +917,10 @@ class _Planner:
             for t in range(len(types)):
                 lam[t] = max(0.0, lam[t] - step * scale[t] * (cap[t] - dem[t]) / cap[t])
         self.prices = {t: best[1][i] for i, t in enumerate(types)}
+        for _, _, opts in rows:
+            for _, _, _, _, ref in opts:
+                kept = ref.count - sum(ref.new_nodes.values())
+                ref.target = kept + int(takes.get(id(ref), 0.0) / rounds + 0.5)
 
     def _fill_mins(self, jobs: Iterable[_Job]) -> bool:
         """Bring every admitted job of ``jobs`` below its min up to it, least flexible first.
@@ -907,7 +930,11 @@ class _Planner:
         for j in sorted(jobs, key=self._flex_key):
             if not j.admitted or j.total >= j.min:
                 continue
-            self._fill(j, j.min - j.total, opts=self._by_value(j))
+            order = self._by_value(j)
+            for o in order:  # first up to the LP's share of each type, then by value
+                if j.total < j.min and o.count < o.target:
+                    self._fill(j, min(j.min - j.total, o.target - o.count), opts=(o,))
+            self._fill(j, j.min - j.total, opts=order)
             if j.total < j.min:
                 self._relocate_for(j, j.min - j.total)
             if j.total < j.min:
@@ -946,7 +973,7 @@ class _Planner:
     # ------------------------------------------------------------------ phase 3: growth
 
     def grow(self) -> int:
-        heap: list[tuple[float, float, tuple[int, float, str], int, int, int]] = []
+        heap: list[tuple[int, float, float, tuple[int, float, str], int, int, int]] = []
         for j in self.jobs:
             if not j.admitted or j.total >= j.max:
                 continue
@@ -954,15 +981,18 @@ class _Planner:
                 if o.count >= o.cap or not o.pool_set:
                     continue
                 rho = o.r - self.prices.get(o.type, 0.0) * o.p
-                heap.append((-rho, -o.r, j.rank, o.rank, j.idx, k))
+                heap.append((int(o.count >= o.target), -rho, -o.r, j.rank, o.rank, j.idx, k))
         heapq.heapify(heap)
         added = 0
         while heap:
-            _, _, _, _, jidx, k = heap[0]
+            phase, nrho, nr, jr, orank, jidx, k = heap[0]
             j = self.jobs[jidx]
             o = j.opts[k]
             if j.total >= j.max or o.count >= o.cap:
                 heapq.heappop(heap)
+                continue
+            if phase == 0 and o.count >= o.target:
+                heapq.heapreplace(heap, (1, nrho, nr, jr, orank, jidx, k))
                 continue
             n = self._find(j, o)
             if n is None:
