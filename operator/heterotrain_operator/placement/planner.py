@@ -922,18 +922,25 @@ class _Planner:
                 kept = ref.count - sum(ref.new_nodes.values())
                 ref.target = kept + int(takes.get(id(ref), 0.0) / rounds + 0.5)
 
-    def _fill_mins(self, jobs: Iterable[_Job]) -> bool:
+    def _size_key(self, j: _Job) -> tuple[int, int, tuple[int, float, str]]:
+        """Largest workers first (first-fit decreasing), then least flexible first."""
+        smallest = min((o.p for o in j.opts if o.pool_set), default=0)
+        return (-smallest, sum(1 for o in j.opts if o.pool_set), j.rank)
+
+    def _fill_mins(self, jobs: Iterable[_Job], targets: bool = False, by_size: bool = False) -> bool:
         """Bring every admitted job of ``jobs`` below its min up to it, least flexible first.
 
-        Each is filled by value, then by relocating others' workers; False as soon as one stays short.
+        Each is filled by value (with ``targets``: first up to each type's share in the price LP's primal
+        solution), then by relocating others' workers; False as soon as one stays short.
         """
-        for j in sorted(jobs, key=self._flex_key):
+        for j in sorted(jobs, key=self._size_key if by_size else self._flex_key):
             if not j.admitted or j.total >= j.min:
                 continue
             order = self._by_value(j)
-            for o in order:  # first up to the LP's share of each type, then by value
-                if j.total < j.min and o.count < o.target:
-                    self._fill(j, min(j.min - j.total, o.target - o.count), opts=(o,))
+            if targets:
+                for o in order:
+                    if j.total < j.min and o.count < o.target:
+                        self._fill(j, min(j.min - j.total, o.target - o.count), opts=(o,))
             self._fill(j, j.min - j.total, opts=order)
             if j.total < j.min:
                 self._relocate_for(j, j.min - j.total)
@@ -946,7 +953,8 @@ class _Planner:
 
         Admission (priority order, fastest type first) decided who runs; this decides where the min
         workers of the newly admitted jobs go, least flexible jobs first.  If that does not fit every job's
-        min (bin packing is not exact), the admission placement is restored.
+        min (bin packing is not exact), it is tried again by value alone, and if that fails too the
+        admission placement is restored.
         """
         if not self.prices:
             return
@@ -955,20 +963,26 @@ class _Planner:
             for o in j.opts:
                 for nidx, c in sorted(o.new_nodes.items()):
                     moved.extend([(nidx, j.idx, o.type)] * c)
-        for nidx, jidx, t in moved:
-            j = self.jobs[jidx]
-            self._give(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
-        ok = self._fill_mins(self.jobs)
+        ok = False
+        for targets, by_size in ((True, False), (True, True), (False, False), (False, True)):
+            self._lift_new()
+            ok = self._fill_mins(self.jobs, targets, by_size)
+            if ok:
+                break
         if not ok:
-            for j in self.jobs:
-                for o in j.opts:
-                    for nidx, c in sorted(o.new_nodes.items()):
-                        for _ in range(c):
-                            self._give(self.nodes[nidx], j, o, kept=False)
+            self._lift_new()
             for nidx, jidx, t in moved:
                 j = self.jobs[jidx]
                 self._take(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
         self.reseated = ok
+
+    def _lift_new(self) -> None:
+        """Remove every worker placed in this round."""
+        for j in self.jobs:
+            for o in j.opts:
+                for nidx, c in sorted(o.new_nodes.items()):
+                    for _ in range(c):
+                        self._give(self.nodes[nidx], j, o, kept=False)
 
     # ------------------------------------------------------------------ phase 3: growth
 
