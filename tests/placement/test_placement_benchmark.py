@@ -9,6 +9,8 @@ from placement_helpers import load_benchmark
 
 REQUIRED = [
     "throughput_vs_lp",
+    "throughput_vs_order_lp",
+    "order_lp_vs_lp",
     "typeblind_vs_lp",
     "binpack_vs_lp",
     "single_type_vs_lp",
@@ -19,8 +21,6 @@ REQUIRED = [
     "machine",
     "python",
 ]
-
-
 
 
 def test_quick_benchmark_writes_json_and_png(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -38,6 +38,10 @@ def test_quick_benchmark_writes_json_and_png(tmp_path: Path, capsys) -> None:  #
             # No policy can beat a valid upper bound; every plan was checked for over-commitment.
             assert 0.0 <= p["vs_lp"] <= 1.0 + 1e-6, (s["family"], name)
             assert 0.0 <= p["stranded_accelerators_fraction"] <= 1.0
+        # Ours follows the admission rule and serves as the proof plan: never above the order-respecting bound,
+        # which is never above the order-free one.
+        assert s["policies"]["ours"]["vs_order_lp"] <= 1.0 + 1e-6, s["family"]
+        assert s["order_lp_bound"] <= s["lp_bound"] + 1e-6, s["family"]
     assert out["pods_per_second_5000_nodes"] > 0
     printed = capsys.readouterr().out
     assert "throughput / LP bound (median)" in printed
