@@ -19,13 +19,19 @@ Algorithm (see ``plan``):
    throughput LP of the admitted jobs (projected subgradient, fixed round count).  The reduced value of a
    worker of job j on type t is ``relative_throughput - price[t] * per_worker``: what j gains minus what
    those accelerators are worth to the other jobs.  This is what decides who gets scarce fast capacity.
-4. *Reseat.*  The workers placed in this round are re-placed, least flexible jobs first, each job taking
-   its best types by reduced value, so that the admitted set keeps its mins but on the right types (if
-   that packing fails, the admission placement is restored).
-5. *Grow.*  Admitted jobs below ``max_workers`` grow one worker at a time, best reduced value first.
-6. *Improve.*  A bounded local search over this round's workers: move a worker to a faster type with room,
-   or hand a node's accelerators from workers that can move elsewhere (or that their job can spare above its
-   min) to workers of another job when total throughput strictly increases; then grow again.
+   The average of the rounds' maximisers (ergodic primal recovery) gives each job a target count per type:
+   it settles the ties exact prices leave between jobs at the margin.
+4. *Reseat.*  The workers placed in this round are re-placed, each job taking its target counts and then
+   its best types by reduced value, so that the admitted set keeps its mins but on the right types.  Orders
+   tried: least flexible jobs first, then largest workers first (first-fit decreasing), then both without
+   targets; if no order packs every min, the admission placement is restored.
+5. *Grow.*  Admitted jobs below ``max_workers`` grow one worker at a time, workers within their targets
+   first, best reduced value first.
+6. *Improve.*  A bounded local search over this round's workers: move a worker to a faster type with room;
+   hand a node's accelerators from workers of one job that can move elsewhere (or that their job can spare
+   above its min) to workers of another job; or clear room on a node shared by several jobs' workers (moved
+   to other nodes of their type, to their next type, or dropped above min) for a larger or faster worker;
+   each only when total throughput strictly increases; then grow again.
 7. *Retry.*  Jobs refused for capacity get a second admission attempt against the grown plan, where growth
    workers of lower priority jobs (not running yet) are evicted first.  Without it, the next plan would
    preempt that growth once it runs; with it, applying a plan and planning again changes nothing.  If
