@@ -934,7 +934,8 @@ class _Planner:
         return (-smallest, sum(1 for o in j.opts if o.pool_set), j.rank)
 
     def _fill_mins(self, jobs: Iterable[_Job], targets: bool = False, by_size: bool = False) -> bool:
-        """Bring every admitted job of ``jobs`` below its min up to it, least flexible first.
+        """Bring every admitted job of ``jobs`` below its min up to it, least flexible first (``by_size``:
+        largest workers first).
 
         Each is filled by value (with ``targets``: first up to each type's share in the price LP's primal
         solution), then by relocating others' workers; False as soon as one stays short.
@@ -958,9 +959,9 @@ class _Planner:
         """Re-place the workers placed in this round, each job taking its best types by reduced value.
 
         Admission (priority order, fastest type first) decided who runs; this decides where the min
-        workers of the newly admitted jobs go, least flexible jobs first.  If that does not fit every job's
-        min (bin packing is not exact), it is tried again by value alone, and if that fails too the
-        admission placement is restored.
+        workers of the newly admitted jobs go.  Bin packing is not exact, so four orders are tried until one
+        fits every job's min: with the LP targets, least flexible jobs first, then largest workers first;
+        then both by value alone.  If none fits, the admission placement is restored.
         """
         if not self.prices:
             return
