@@ -357,13 +357,15 @@ class BoundModel:
 
     def solve(
         self,
-        y_bounds: Sequence[tuple[float, float]],
+        y_bounds: Sequence[tuple[float, float]] | None = None,
         extra: Sequence[tuple[Sequence[tuple[int, float]], float]] = (),
         *,
         integral: bool = False,
     ) -> float | None:
-        """Max throughput with y_j in ``y_bounds`` and ``extra`` rows (sum of coef * y_j <= b, by job index);
+        """Max throughput with y_j in ``y_bounds`` (default: each in [0, 1]) and ``extra`` rows (sum of coef * y_j <= b, by job index);
         None when infeasible.  ``integral``: x and y integer (still a relaxation of placement on nodes)."""
+        if y_bounds is None:
+            y_bounds = [(0.0, 1.0)] * self.ny
         if self.nx == 0:
             return 0.0 if all(lo <= 0.0 for lo, _ in y_bounds) else None
         a, rhs = self.a, self.rhs
@@ -422,8 +424,7 @@ def lp_upper_bound(
     admit exactly that set (it separates the admission policy from the placement quality).
     """
     model = BoundModel(snapshot, jobs)
-    y_bounds = [(0.0, 1.0)] * model.ny if admitted is None else model.fixed(admitted)
-    value = model.solve(y_bounds)
+    value = model.solve(None if admitted is None else model.fixed(admitted))
     assert value is not None, "the bound LP is infeasible"
     return value
 
@@ -464,7 +465,7 @@ def order_respecting_bound(
         else:
             unsure.append(ji)  # might fit: left free, and it weakens the rows of every later job
             counts["open"] += 1
-    value = model.solve([(0.0, 1.0)] * model.ny, extra)
+    value = model.solve(extra=extra)
     assert value is not None, "the order-respecting bound LP is infeasible"
     return value, counts
 
@@ -580,7 +581,7 @@ def run_scenario(family: str, n_nodes: int, seed: int, *, max_pods: int | None =
     jobs = make_jobs(rng, snapshot, fam, max_pods=max_pods)
     t0 = time.perf_counter()
     model = BoundModel(snapshot, jobs)
-    bound = model.solve([(0.0, 1.0)] * model.ny)
+    bound = model.solve()
     assert bound is not None
     lp_s = time.perf_counter() - t0
     entry: dict[str, Any] = {

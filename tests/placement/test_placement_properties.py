@@ -425,16 +425,24 @@ def _exact_order_optimum(snap: ClusterSnapshot, jobs: list[JobRequest]) -> float
     return value
 
 
+def _small_instance(data: st.DataObject) -> tuple[ClusterSnapshot, list[JobRequest]] | None:
+    """A cluster and jobs small enough for the exact per-node MILP (no taints; None if a node is overused)."""
+    nodes = [replace(n, taints=()) for n in data.draw(nodes_st(max_size=5))]
+    jobs = [replace(j, tolerations=()) for j in data.draw(jobs_st(max_size=4))]
+    if any(n.accelerators_used > n.accelerators_allocatable for n in nodes):
+        return None
+    return ClusterSnapshot(tuple(nodes)), jobs
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_lp_bound_is_above_the_exact_optimum_and_every_plan(data: st.DataObject) -> None:
     """The benchmark's LP bound (with its CPU, memory and per-node slot rows) stays a valid upper bound."""
     bench = load_benchmark()
-    nodes = [replace(n, taints=()) for n in data.draw(nodes_st(max_size=5))]
-    jobs = [replace(j, tolerations=()) for j in data.draw(jobs_st(max_size=4))]
-    snap = ClusterSnapshot(tuple(nodes))
-    if any(n.accelerators_used > n.accelerators_allocatable for n in nodes):
+    drawn = _small_instance(data)
+    if drawn is None:
         return
+    snap, jobs = drawn
     bound = bench.lp_upper_bound(snap, jobs)
     exact = _exact_optimum(snap, jobs)
     assert exact <= bound + 1e-6
@@ -449,13 +457,12 @@ def test_order_respecting_bound_is_above_the_exact_order_optimum_and_our_plan(da
     admission rule (checked against the exact optimum over those plans), is never below our plan, and never
     above the order-free bound."""
     bench = load_benchmark()
-    nodes = [replace(n, taints=()) for n in data.draw(nodes_st(max_size=5))]
-    jobs = [replace(j, tolerations=()) for j in data.draw(jobs_st(max_size=4))]
-    snap = ClusterSnapshot(tuple(nodes))
-    if any(n.accelerators_used > n.accelerators_allocatable for n in nodes):
+    drawn = _small_instance(data)
+    if drawn is None:
         return
+    snap, jobs = drawn
     model = bench.BoundModel(snap, jobs)
-    free = model.solve([(0.0, 1.0)] * model.ny)
+    free = model.solve()
     exact = _exact_order_optimum(snap, jobs)
     # Any valid plan's admitted set may serve as the proof; the bound must hold whichever is used.
     # The empty plan (it admits nothing) is valid too and leaves every refusal to be proven.

@@ -786,13 +786,7 @@ class _Planner:
             return False
         self.budget -= lifted
         mark = self._begin()
-        for a in self.jobs:
-            if not a.admitted:
-                continue
-            for o in a.opts:
-                for nidx, c in sorted(o.new_nodes.items()):
-                    for _ in range(c):
-                        self._give(self.nodes[nidx], a, o, kept=False)
+        self._lift_new(a for a in self.jobs if a.admitted)
         j.admitted = True
         ok = self._fill_mins(a for a in self.jobs if a.admitted and a.total < a.min)
         if not ok:
@@ -965,27 +959,21 @@ class _Planner:
         """
         if not self.prices:
             return
-        moved: list[tuple[int, int, str]] = []
-        for j in self.jobs:
-            for o in j.opts:
-                for nidx, c in sorted(o.new_nodes.items()):
-                    moved.extend([(nidx, j.idx, o.type)] * c)
+        mark = self._begin()
         ok = False
         for targets, by_size in ((True, False), (True, True), (False, False), (False, True)):
-            self._lift_new()
+            self._lift_new(self.jobs)
             ok = self._fill_mins(self.jobs, targets, by_size)
             if ok:
                 break
         if not ok:
-            self._lift_new()
-            for nidx, jidx, t in moved:
-                j = self.jobs[jidx]
-                self._take(self.nodes[nidx], j, j.opt_by_type[t], kept=False)
+            self._rollback(mark)
+        self._commit(mark)
         self.reseated = ok
 
-    def _lift_new(self) -> None:
-        """Remove every worker placed in this round."""
-        for j in self.jobs:
+    def _lift_new(self, jobs: Iterable[_Job]) -> None:
+        """Remove every worker of ``jobs`` placed in this round."""
+        for j in jobs:
             for o in j.opts:
                 for nidx, c in sorted(o.new_nodes.items()):
                     for _ in range(c):
