@@ -292,6 +292,10 @@ class CheckpointManager:
         self.wait(raise_errors=False)
         self.pg, self.rank, self.world_size = process_group, rank, world_size
 
+    def release_group(self) -> None:
+        """Forget the process group (the world is torn down); a save still in flight keeps its own."""
+        self.pg = None
+
     def tidy(self) -> None:
         """Rank 0, when no save can be in flight (start, re-formation): drop torn dirs, apply retention."""
         if self.rank != 0:
@@ -321,19 +325,19 @@ class CheckpointManager:
             dist.broadcast_object_list(decision, src=0, group=self.pg)
         return bool(decision[0])
 
-    def _dcp_save(self, state: Mapping[str, Any], path: str) -> None:
+    def _dcp_save(self, state: Mapping[str, Any], path: str, pg: Any) -> None:
         from torch.distributed.checkpoint import filesystem, state_dict_saver
 
         _crash_point("before-dcp")
         writer = filesystem.FileSystemWriter(path, sync_files=True, overwrite=True)
-        if self.pg is None:
+        if pg is None:
             with warnings.catch_warnings():
                 warnings.simplefilter(
                     "ignore", UserWarning
                 )  # "assuming the intent is to save in a single process"
                 state_dict_saver.save(dict(state), storage_writer=writer, no_dist=True)
         else:
-            state_dict_saver.save(dict(state), storage_writer=writer, process_group=self.pg)
+            state_dict_saver.save(dict(state), storage_writer=writer, process_group=pg)
 
     def _finish(self, step: int, path: str, meta: Mapping[str, Any]) -> None:
         if self.rank == 0:
@@ -352,11 +356,12 @@ class CheckpointManager:
         """Save ``state`` (tensors, nested dicts) as step ``step``; returns the training pause (s)."""
         self.wait(raise_errors=False)
         path = os.path.join(self.root, step_dirname(step))
+        pg = self.pg  # the save keeps its group even if the world is torn down meanwhile
         t0 = time.perf_counter()
         if not self._prepare(step, path):
             return 0.0
         if not asynchronous:
-            self._dcp_save(state, path)
+            self._dcp_save(state, path, pg)
             self._finish(step, path, meta)
             pause = time.perf_counter() - t0
             if self.on_saved:
@@ -370,7 +375,7 @@ class CheckpointManager:
 
         def work() -> None:
             try:
-                self._dcp_save(staged, path)
+                self._dcp_save(staged, path, pg)
                 self._finish(step, path, meta)
             except BaseException as e:  # reported through the future
                 fut.set_exception(e)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -96,11 +97,16 @@ class Topology:
         return self.pool_groups[self.my_pool]
 
 
-def build_topology(rank: int, types: Sequence[str], backends: Sequence[str]) -> Topology:
+def build_topology(
+    rank: int, types: Sequence[str], backends: Sequence[str], timeout: timedelta | None = None
+) -> Topology:
     """Create the pool and leader groups; every rank calls it with the same lists.
 
     ``types[r]``/``backends[r]`` are rank r's accelerator type and intra-pool
     backend.  The default group must already be initialised (gloo).
+    ``timeout`` bounds every collective on the new groups; give the heartbeat:
+    torch's default for a new group is 30 minutes, and a leader waiting on a
+    peer that is alive but gone to re-form would wait that long.
     """
     world = len(types)
     order: dict[str, list[int]] = {}
@@ -116,7 +122,7 @@ def build_topology(rank: int, types: Sequence[str], backends: Sequence[str]) -> 
         if len(p) == world and b == "gloo":
             pool_groups.append(world_group)
         else:
-            pool_groups.append(dist.new_group(p, backend=b))
+            pool_groups.append(dist.new_group(p, backend=b, timeout=timeout))
     leaders = [p[0] for p in pools]
     leaders_group: Any
     if len(pools) == 1:
@@ -124,7 +130,7 @@ def build_topology(rank: int, types: Sequence[str], backends: Sequence[str]) -> 
     elif len(leaders) == world:
         leaders_group = world_group
     else:
-        leaders_group = dist.new_group(leaders, backend="gloo")
+        leaders_group = dist.new_group(leaders, backend="gloo", timeout=timeout)
     return Topology(rank, world, pools, pool_backends, my_pool, world_group, pool_groups, leaders_group)
 
 

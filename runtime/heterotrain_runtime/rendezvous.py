@@ -132,6 +132,34 @@ def wait_for_server(
             time.sleep(poll)
 
 
+def connect_store(
+    addr: str, port: int, abort: Callable[[], bool], timeout: float, attempt: float = 2.0, poll: float = 0.05
+) -> Any:
+    """A client of the store at ``addr:port``; gives up after ``timeout``, leaves as soon as ``abort()``.
+
+    Each TCPStore client attempt is bounded by ``attempt`` seconds: a client
+    retries a refused connection for its whole timeout without looking at
+    ``abort``, and a probe can reach a store whose process is being killed (its
+    listening socket outlives its collective sockets by a moment).  Ranks then
+    sat blind to the next epoch for the whole timeout.  The client's timeout
+    for store operations is ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        wait_for_server(addr, port, abort, max(0.0, deadline - time.monotonic()), poll)
+        try:
+            store = make_store(addr, port, False, max(0.1, min(attempt, deadline - time.monotonic())))
+        except RuntimeError:  # DistNetworkError: refused, reset, or no answer in time
+            if abort():
+                raise Aborted from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(poll)
+            continue
+        store.set_timeout(timedelta(seconds=timeout))
+        return store
+
+
 def make_store(addr: str, port: int, is_master: bool, timeout: float) -> Any:
     return dist.TCPStore(  # type: ignore[attr-defined]
         addr,

@@ -44,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,27 @@ _STEP_CHECK_MOD = 1 << 20
 
 class _CommFailure(Exception):
     """A collective or the store failed: a peer is gone."""
+
+
+def _drop_frames(exc: BaseException) -> None:
+    """Free the locals of the frames ``exc`` (and its causes) went through.
+
+    A failed collective's frames hold its process group (``group=``, the
+    topology); while they live, gloo keeps the group's sockets open and a peer
+    blocked on it (a pool leader waiting for us in the leaders' all-reduce)
+    never learns that we left.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if x.__traceback__ is not None:
+            traceback.clear_frames(x.__traceback__)
+            x.__traceback__ = None
+        todo += [x.__cause__, x.__context__]
 
 
 def _env_bool(value: str | None, default: bool) -> bool:
@@ -176,6 +198,10 @@ class ElasticTrainer:
             async_checkpoint
             if async_checkpoint is not None
             else _env_bool(e.get(contract.ENV_CHECKPOINT_ASYNC), True)
+        )
+        self.ckpt_timeout = max(
+            self.heartbeat,
+            float(e.get(contract.ENV_CHECKPOINT_TIMEOUT) or contract.DEFAULT_CHECKPOINT_TIMEOUT_SECONDS),
         )
         self.metrics = RuntimeMetrics(contract.ENV_METRICS_PORT)
         self.ckpt: CheckpointManager | None = None
@@ -278,6 +304,7 @@ class ElasticTrainer:
         assert self.membership is not None
         log.warning("%s: collective failed after step %d (%s); re-forming", self.pod, self.step, e)
         self.metrics.reformations.labels(reason="failure").inc()
+        _drop_frames(e)
         self._teardown()
         self._form(min_epoch=self.membership.epoch)
 
@@ -387,8 +414,7 @@ class ElasticTrainer:
                 self._server_key = key
             return self._server
         self._server, self._server_key = None, None  # no longer rank 0
-        rendezvous.wait_for_server(key[0], key[1], self._abort_for(m.epoch), timeout=self.heartbeat)
-        return rendezvous.make_store(key[0], key[1], False, timeout)
+        return rendezvous.connect_store(key[0], key[1], self._abort_for(m.epoch), timeout=self.heartbeat)
 
     # ---------------------------------------------------------------- forming
     def _teardown(self) -> None:
@@ -397,6 +423,10 @@ class ElasticTrainer:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+        if self.ckpt is not None:
+            self.ckpt.release_group()
+        # the last references: gloo closes a group's sockets only when it is freed, and
+        # peers blocked on it learn that we left only then
         self.topo, self._ckpt_pg, self._formed = None, None, False
 
     def _form(self, min_epoch: int) -> None:
@@ -495,8 +525,16 @@ class ElasticTrainer:
 
     def _setup_world(self, m: Membership, rank: int, infos: list[dict[str, Any]]) -> None:
         self.membership, self.rank, self.world_size = m, rank, m.world_size
-        self.topo = build_topology(rank, [i["type"] for i in infos], [i["backend"] for i in infos])
-        self._ckpt_pg = dist.new_group(list(range(m.world_size)), backend="gloo")
+        self.topo = build_topology(
+            rank,
+            [i["type"] for i in infos],
+            [i["backend"] for i in infos],
+            timeout=timedelta(seconds=self.heartbeat),
+        )
+        # a save's collectives wait for the slowest writer: bounded by the checkpoint timeout
+        self._ckpt_pg = dist.new_group(
+            list(range(m.world_size)), backend="gloo", timeout=timedelta(seconds=self.ckpt_timeout)
+        )
         if self.ckpt is not None:
             self.ckpt.rebind(self._ckpt_pg, rank, m.world_size)
             self.ckpt.tidy()  # no save is in flight anywhere while a world forms

@@ -227,6 +227,45 @@ def test_exactly_once_under_kills_and_preemption(tmp_path: Path) -> None:
     json.dumps(done)
 
 
+def test_a_lost_pool_member_frees_the_other_pools_leader_at_once(tmp_path: Path) -> None:
+    """[A100, A100, Ascend]: the second A100's process dies; the Ascend rank only talks to the A100 leader.
+
+    The A100 leader sees the failure in its pool's reduce and re-forms; the
+    Ascend rank, blocked in the leaders' all-reduce, must learn it at once
+    (the leader's groups are freed, their sockets close), not after the
+    heartbeat.  A CI run once waited the 30-minute default of a new group.
+    """
+    steps, heartbeat = 24, 120.0
+    pools = [PoolSpec("nvidia-a100", 2, 1.0), PoolSpec("huawei-ascend-910b", 1, 0.8)]
+    sup = make_supervisor(
+        tmp_path, pools, steps, base_rate=150.0, replace=True, max_restarts=1,
+        heartbeat_timeout=heartbeat, checkpoint_every=3,
+    )  # fmt: skip
+    try:
+        sup.start()
+        drive(sup, lambda: last(sup)["step"] >= 5, 120, "step 5")
+        assert [m.pod for m in sup.membership.world] == [
+            "nvidia-a100-0",
+            "nvidia-a100-1",
+            "huawei-ascend-910b-0",
+        ]
+        pid = sup.user_pid("nvidia-a100-1")
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        mark = last(sup)["step"]
+        # far below the heartbeat: nobody may wait for a timeout
+        drive(sup, lambda: last(sup)["step"] >= mark + 2, heartbeat / 2, "progress after the non-leader died")
+        rc = drive(sup, lambda: False, 120, "the end of training")
+    finally:
+        sup.shutdown()
+    assert rc == 0
+    assert [r["step"] for r in sup.progress()][-1] == steps
+    report = check_exactly_once(
+        read_records(str(tmp_path / "samples")), DATASET, steps, complete_epochs=[0, 1]
+    )
+    assert report.ok, report.problems
+
+
 def test_cli_local_run_learns_the_speeds(tmp_path: Path) -> None:
     """``heterotrain run --local``: equal initial weights, speeds 1:3; the measured EMA rebalances the split."""
     import subprocess

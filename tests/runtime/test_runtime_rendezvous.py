@@ -87,3 +87,44 @@ def test_bump_moves_the_round_once(rounds: int) -> None:
         assert rendezvous.current_round(s, 1) == r + 1
     rendezvous.bump_round(s, 1, 0)  # a late bumper of an old round: no effect
     assert rendezvous.current_round(s, 1) == rounds
+
+
+def test_connecting_to_a_dying_store_leaves_when_a_newer_epoch_comes() -> None:
+    """The probe reaches a listener whose process is dying; the client must still see ``abort``.
+
+    A killed rank 0's listening socket can outlive its collective sockets by a
+    moment: the probe connects, then every connection is refused.  A plain
+    TCPStore client retried there for its whole timeout, blind to the newer
+    epoch (a CI run lost 10 s there, then the test its deadline).
+    """
+    import socket
+
+    dying = socket.socket()
+    dying.bind(("127.0.0.1", 0))
+    dying.listen(16)  # accepts in the kernel, never answers, then goes away
+    port = dying.getsockname()[1]
+    closer = threading.Timer(0.3, dying.close)
+    closer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(rendezvous.Aborted):
+            rendezvous.connect_store(
+                "127.0.0.1", port, abort=lambda: time.monotonic() - t0 > 1.0, timeout=60.0, attempt=0.5
+            )
+        assert time.monotonic() - t0 < 10.0  # left soon after abort(), long before the 60 s timeout
+    finally:
+        closer.join()
+        dying.close()
+
+
+def test_connect_store_waits_for_a_store_that_comes_up_late() -> None:
+    port = free_port()
+    server: list[Any] = []
+    t = threading.Timer(0.5, lambda: server.append(rendezvous.make_store("127.0.0.1", port, True, 10.0)))
+    t.start()
+    try:
+        client = rendezvous.connect_store("127.0.0.1", port, abort=lambda: False, timeout=20.0)
+        client.set("k", "v")
+        assert server[0].get("k") == b"v"
+    finally:
+        t.join()
