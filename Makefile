@@ -38,6 +38,7 @@ crds: $(STAMP) ## regenerate the CRD (crds/ and the chart's copy) from the pydan
 
 verify: $(STAMP) ## lint, types, layer contracts, generated files in sync
 	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
 	$(VPY) -m mypy --config-file pyproject.toml operator/heterotrain_api operator/heterotrain_operator/placement operator/heterotrain_operator/reconcile.py operator/heterotrain_operator/observe.py operator/heterotrain_operator/desired.py operator/heterotrain_operator/settings.py runtime/heterotrain_runtime/contract.py
 	$(VENV)/bin/lint-imports --config pyproject.toml
 	$(VPY) -m heterotrain_api.crdgen --check

@@ -27,10 +27,16 @@ class Cluster:
     def bin(self) -> Path:
         return self.dir / "bin"
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, text=True, capture_output=True, timeout=timeout)
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(self.bin / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
@@ -41,8 +47,11 @@ class Cluster:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ, KUBECONFIG=str(self.kubeconfig),
-                    PATH=f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}")
+        return dict(
+            os.environ,
+            KUBECONFIG=str(self.kubeconfig),
+            PATH=f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
 
 
 class OperatorProcess:
@@ -62,11 +71,19 @@ class OperatorProcess:
         import sys
 
         env = self.cluster.env()
-        env.update(HETEROTRAIN_METRICS_PORT=str(self.metrics_port), HETEROTRAIN_RESYNC_SECONDS="3",
-                   PYTHONUNBUFFERED="1")
+        env.update(
+            HETEROTRAIN_METRICS_PORT=str(self.metrics_port),
+            HETEROTRAIN_RESYNC_SECONDS="3",
+            PYTHONUNBUFFERED="1",
+        )
         with open(self.log, "ab") as f:
-            self.proc = subprocess.Popen([sys.executable, "-m", "heterotrain_operator", "run"], env=env,
-                                         stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "heterotrain_operator", "run"],
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -96,8 +113,11 @@ class OperatorProcess:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             text = r.read().decode()
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith("heterotrain_reconciles_total{"))
+        return sum(
+            float(line.split()[-1])
+            for line in text.splitlines()
+            if line.startswith("heterotrain_reconciles_total{")
+        )
 
     def log_tail(self, n: int = 60) -> str:
         try:

@@ -60,5 +60,3 @@ def operator(_operator_process: OperatorProcess) -> OperatorProcess:
     if not _operator_process.alive():
         _operator_process.start()
     return _operator_process
-
-

@@ -37,10 +37,28 @@ def test_nodes_show_five_accelerator_types_with_vendor_resources(cluster: Cluste
 
 
 def test_pod_without_node_is_scheduled_onto_a_process_node_and_runs(cluster: Cluster):
-    cluster.kubectl("run", "hello", "--image=python:3.11", "--restart=Never", "--command", "--",
-                    "python", "-c", "import sys; print('hello from a process node'); sys.exit(0)")
-    pod = wait_for("Succeeded", lambda: (p := json.loads(cluster.kubectl("get", "pod", "hello", "-o", "json").stdout))
-                   ["status"].get("phase") == "Succeeded" and p, timeout=60)
+    cluster.kubectl(
+        "run",
+        "hello",
+        "--image=python:3.11",
+        "--restart=Never",
+        "--command",
+        "--",
+        "python",
+        "-c",
+        "import sys; print('hello from a process node'); sys.exit(0)",
+    )
+    pod = wait_for(
+        "Succeeded",
+        lambda: (
+            (p := json.loads(cluster.kubectl("get", "pod", "hello", "-o", "json").stdout))["status"].get(
+                "phase"
+            )
+            == "Succeeded"
+            and p
+        ),
+        timeout=60,
+    )
     assert pod["spec"]["nodeName"].startswith("proc-"), "bound by kube-scheduler to an untainted process node"
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 0 and term["reason"] == "Completed"
@@ -76,8 +94,12 @@ def test_taken_port_is_reported_not_hung_on(tmp_path: Path):
         s.listen()
         port = s.getsockname()[1]
         t0 = time.monotonic()
-        proc = subprocess.run([*CLI, "up", "--dir", str(tmp_path / "c3"), "--apiserver-port", str(port)],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [*CLI, "up", "--dir", str(tmp_path / "c3"), "--apiserver-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 1
     assert f"port {port} for kube-apiserver is already in use" in proc.stderr
     assert time.monotonic() - t0 < 30
@@ -86,10 +108,16 @@ def test_taken_port_is_reported_not_hung_on(tmp_path: Path):
 
 def test_broken_profile_is_refused_with_its_line(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: heterotrain.io/cluster-profile/v1\nkind: ClusterProfile\nname: b\npools:\n"
-                   "  - name: x\n    count: -1\n")
-    proc = subprocess.run([*CLI, "up", "--dir", str(tmp_path / "c4"), "--profile", str(bad)],
-                          capture_output=True, text=True, timeout=60)
+    bad.write_text(
+        "apiVersion: heterotrain.io/cluster-profile/v1\nkind: ClusterProfile\nname: b\npools:\n"
+        "  - name: x\n    count: -1\n"
+    )
+    proc = subprocess.run(
+        [*CLI, "up", "--dir", str(tmp_path / "c4"), "--profile", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert f"{bad}:5: pools[0].type: Field required" in proc.stderr
     assert f"{bad}:6: pools[0].count" in proc.stderr

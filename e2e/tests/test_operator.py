@@ -31,8 +31,12 @@ def job_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
         "nodeSelector": {"heterotrain.io/runner": "kwok"},
     }
     base.update(spec)
-    return {"apiVersion": "heterotrain.io/v1alpha1", "kind": "HeteroTrainJob",
-            "metadata": {"name": name, "namespace": namespace}, "spec": base}
+    return {
+        "apiVersion": "heterotrain.io/v1alpha1",
+        "kind": "HeteroTrainJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
 
 
 @pytest.fixture
@@ -70,16 +74,27 @@ def events(cluster: Cluster, ns: str, name: str, reason: str | None = None) -> l
     return [e for e in items if reason is None or e["reason"] == reason]
 
 
-def test_job_yields_planned_pods_with_the_runtime_injected(cluster: Cluster, operator: OperatorProcess, ns: str):
+def test_job_yields_planned_pods_with_the_runtime_injected(
+    cluster: Cluster, operator: OperatorProcess, ns: str
+):
     apply(cluster, job_manifest("inject", ns, workers={"min": 3, "max": 3}))
-    wait_for("phase Running", lambda: (job(cluster, ns, "inject").get("status") or {}).get("phase") == "Running",
-             timeout=60)
+    wait_for(
+        "phase Running",
+        lambda: (job(cluster, ns, "inject").get("status") or {}).get("phase") == "Running",
+        timeout=60,
+    )
     items = pods(cluster, ns, "inject")
-    assert sorted(p["metadata"]["name"] for p in items) == ["inject-worker-0", "inject-worker-1", "inject-worker-2"]
+    assert sorted(p["metadata"]["name"] for p in items) == [
+        "inject-worker-0",
+        "inject-worker-1",
+        "inject-worker-2",
+    ]
     for p in items:
         spec = p["spec"]
         assert "schedulingGates" not in spec, "placed pods are ungated"
-        assert spec["nodeName"].startswith("a100"), spec["nodeName"]  # bound by kube-scheduler to the planned pool
+        assert spec["nodeName"].startswith("a100"), spec[
+            "nodeName"
+        ]  # bound by kube-scheduler to the planned pool
         init = spec["initContainers"][0]
         assert init["command"][:3] == ["python", "-m", "heterotrain_runtime.install"]
         ctr = spec["containers"][0]
@@ -106,10 +121,16 @@ def test_job_yields_planned_pods_with_the_runtime_injected(cluster: Cluster, ope
     cluster.kubectl("delete", "-n", ns, "htj", "inject", "--wait=false")
     wait_for("pods gone", lambda: not pods(cluster, ns, "inject"), timeout=60)
     for kind in ("serviceaccount", "role", "rolebinding", "service", "configmap"):
-        wait_for(f"{kind} gone",
-                 lambda kind=kind: not get_json(cluster, "-n", ns, kind, "-l", "heterotrain.io/job-name=inject")["items"],
-                 timeout=60)
-    wait_for("job gone", lambda: cluster.kubectl("get", "-n", ns, "htj", "inject", check=False).returncode != 0)
+        wait_for(
+            f"{kind} gone",
+            lambda kind=kind: (
+                not get_json(cluster, "-n", ns, kind, "-l", "heterotrain.io/job-name=inject")["items"]
+            ),
+            timeout=60,
+        )
+    wait_for(
+        "job gone", lambda: cluster.kubectl("get", "-n", ns, "htj", "inject", check=False).returncode != 0
+    )
 
 
 def test_operator_killed_mid_creation_converges_without_duplicates(
@@ -123,8 +144,11 @@ def test_operator_killed_mid_creation_converges_without_duplicates(
     operator.kill()  # SIGKILL in the middle of creating the pods
     created = len(pods(cluster, ns, "crash"))
     operator.start()
-    wait_for("phase Running", lambda: (job(cluster, ns, "crash").get("status") or {}).get("phase") == "Running",
-             timeout=120)
+    wait_for(
+        "phase Running",
+        lambda: (job(cluster, ns, "crash").get("status") or {}).get("phase") == "Running",
+        timeout=120,
+    )
     items = pods(cluster, ns, "crash")
     names = sorted(p["metadata"]["name"] for p in items)
     assert names == sorted(f"crash-worker-{i}" for i in range(n)), f"had {created} pods at the kill"
@@ -132,14 +156,21 @@ def test_operator_killed_mid_creation_converges_without_duplicates(
     assert st["workers"]["desired"] == n and st["workers"]["ready"] == n
     assert len(st["membership"]["world"]) == n
     assert sorted(x["pod"] for x in st["placement"]) == names
-    assert {x["pod"]: x["node"] for x in st["placement"]} == {p["metadata"]["name"]: p["spec"]["nodeName"] for p in items}
+    assert {x["pod"]: x["node"] for x in st["placement"]} == {
+        p["metadata"]["name"]: p["spec"]["nodeName"] for p in items
+    }
 
 
 def test_semantic_error_stalls_with_event_and_creates_nothing(
     cluster: Cluster, operator: OperatorProcess, ns: str
 ):
-    apply(cluster, job_manifest("typo", ns, accelerators=[{"type": "nvidia-a10o", "resourceName": "nvidia.com/gpu"}]))
-    wait_for("Stalled", lambda: condition(job(cluster, ns, "typo"), "Stalled").get("status") == "True", timeout=60)
+    apply(
+        cluster,
+        job_manifest("typo", ns, accelerators=[{"type": "nvidia-a10o", "resourceName": "nvidia.com/gpu"}]),
+    )
+    wait_for(
+        "Stalled", lambda: condition(job(cluster, ns, "typo"), "Stalled").get("status") == "True", timeout=60
+    )
     st = job(cluster, ns, "typo")
     assert condition(st, "Stalled")["reason"] == "NoMatchingNodes"
     assert "spec.accelerators[0].type" in condition(st, "Stalled")["message"]
@@ -156,30 +187,56 @@ def test_gang_waits_with_reason_then_is_admitted_when_capacity_frees(
     cluster: Cluster, operator: OperatorProcess, ns: str
 ):
     # 8 whole MI300X nodes are needed; the default profile has 6.
-    apply(cluster, job_manifest("gang", ns, workers={"min": 8, "max": 8},
-                                accelerators=[{"type": "amd-mi300x", "perWorker": 8}]))
-    wait_for("waiting reason", lambda: (job(cluster, ns, "gang").get("status") or {}).get("waitingReason"), timeout=60)
+    apply(
+        cluster,
+        job_manifest(
+            "gang", ns, workers={"min": 8, "max": 8}, accelerators=[{"type": "amd-mi300x", "perWorker": 8}]
+        ),
+    )
+    wait_for(
+        "waiting reason",
+        lambda: (job(cluster, ns, "gang").get("status") or {}).get("waitingReason"),
+        timeout=60,
+    )
     st = job(cluster, ns, "gang")
     assert st["status"]["phase"] == "Pending"
     assert condition(st, "Admitted")["status"] == "False"
     assert pods(cluster, ns, "gang") == [], "nothing is placed before the minimum fits"
-    wait_for("an Event with the reason", lambda: events(cluster, ns, "gang", st["status"]["waitingReason"]), timeout=30)
+    wait_for(
+        "an Event with the reason",
+        lambda: events(cluster, ns, "gang", st["status"]["waitingReason"]),
+        timeout=30,
+    )
     # Capacity frees up: two more MI300X nodes join.
     nodes = []
     for i in range(2):
-        nodes.append({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": f"mi300x-extra-{ns}-{i}", "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"heterotrain.io/accelerator": "amd-mi300x", "heterotrain.io/runner": "kwok",
-                                    "kubernetes.io/os": "linux"}},
-            "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "192", "memory": "2Ti", "pods": "110", "amd.com/gpu": "8"},
-                       "capacity": {"cpu": "192", "memory": "2Ti", "pods": "110", "amd.com/gpu": "8"}},
-        })
+        nodes.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": f"mi300x-extra-{ns}-{i}",
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {
+                        "heterotrain.io/accelerator": "amd-mi300x",
+                        "heterotrain.io/runner": "kwok",
+                        "kubernetes.io/os": "linux",
+                    },
+                },
+                "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+                "status": {
+                    "allocatable": {"cpu": "192", "memory": "2Ti", "pods": "110", "amd.com/gpu": "8"},
+                    "capacity": {"cpu": "192", "memory": "2Ti", "pods": "110", "amd.com/gpu": "8"},
+                },
+            }
+        )
     try:
         apply(cluster, {"apiVersion": "v1", "kind": "List", "items": nodes})
-        wait_for("admitted and running",
-                 lambda: (job(cluster, ns, "gang").get("status") or {}).get("phase") == "Running", timeout=90)
+        wait_for(
+            "admitted and running",
+            lambda: (job(cluster, ns, "gang").get("status") or {}).get("phase") == "Running",
+            timeout=90,
+        )
         assert len(pods(cluster, ns, "gang")) == 8
         assert condition(job(cluster, ns, "gang"), "Admitted")["status"] == "True"
     finally:
@@ -192,21 +249,28 @@ def test_gang_waits_with_reason_then_is_admitted_when_capacity_frees(
 def test_three_pools_and_suspend_resume(cluster: Cluster, operator: OperatorProcess, ns: str):
     accs = [{"type": t, "maxWorkers": 2} for t in ("nvidia-h100", "nvidia-h20", "huawei-ascend-910b")]
     apply(cluster, job_manifest("mix", ns, workers={"min": 6, "max": 6}, accelerators=accs))
-    wait_for("Running", lambda: (job(cluster, ns, "mix").get("status") or {}).get("phase") == "Running", timeout=60)
+    wait_for(
+        "Running", lambda: (job(cluster, ns, "mix").get("status") or {}).get("phase") == "Running", timeout=60
+    )
     items = pods(cluster, ns, "mix")
     by_type: dict[str, int] = {}
     for p in items:
         node = get_json(cluster, "node", p["spec"]["nodeName"])
-        assert node["metadata"]["labels"]["heterotrain.io/accelerator"] == p["metadata"]["labels"]["heterotrain.io/accelerator"]
+        assert (
+            node["metadata"]["labels"]["heterotrain.io/accelerator"]
+            == p["metadata"]["labels"]["heterotrain.io/accelerator"]
+        )
         t = p["metadata"]["labels"]["heterotrain.io/accelerator"]
         by_type[t] = by_type.get(t, 0) + 1
     assert by_type == {"nvidia-h100": 2, "nvidia-h20": 2, "huawei-ascend-910b": 2}
     assert job(cluster, ns, "mix")["status"]["mix"] == "huawei-ascend-910b:2,nvidia-h100:2,nvidia-h20:2"
 
     cluster.kubectl("patch", "-n", ns, "htj", "mix", "--type=merge", "-p", '{"spec":{"suspend":true}}')
-    wait_for("Suspended and no pods",
-             lambda: job(cluster, ns, "mix")["status"]["phase"] == "Suspended" and not pods(cluster, ns, "mix"),
-             timeout=60)
+    wait_for(
+        "Suspended and no pods",
+        lambda: job(cluster, ns, "mix")["status"]["phase"] == "Suspended" and not pods(cluster, ns, "mix"),
+        timeout=60,
+    )
     assert condition(job(cluster, ns, "mix"), "Suspended")["status"] == "True"
     cluster.kubectl("patch", "-n", ns, "htj", "mix", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     wait_for("Running again", lambda: job(cluster, ns, "mix")["status"]["phase"] == "Running", timeout=60)
@@ -216,35 +280,85 @@ def test_three_pools_and_suspend_resume(cluster: Cluster, operator: OperatorProc
 
 def fail_pod(cluster: Cluster, ns: str, pod: str, reason: str = "OOMKilled", code: int = 137) -> None:
     """Mark a worker as failed, as a kubelet would after its container died (kwok runs no process)."""
-    status = {"status": {"phase": "Failed", "containerStatuses": [{
-        "name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-        "state": {"terminated": {"exitCode": code, "reason": reason,
-                                 "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:00:01Z"}}}]}}
-    cluster.kubectl("patch", "-n", ns, "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps(status))
+    status = {
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "image": "x",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": reason,
+                            "startedAt": "2026-01-01T00:00:00Z",
+                            "finishedAt": "2026-01-01T00:00:01Z",
+                        }
+                    },
+                }
+            ],
+        }
+    }
+    cluster.kubectl(
+        "patch", "-n", ns, "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
 
 
 @pytest.mark.parametrize("policy", ["Replace", "Shrink"])
-def test_worker_failure_is_recorded_and_handled(cluster: Cluster, operator: OperatorProcess, ns: str, policy: str):
+def test_worker_failure_is_recorded_and_handled(
+    cluster: Cluster, operator: OperatorProcess, ns: str, policy: str
+):
     name = f"ft-{policy.lower()}"
-    apply(cluster, job_manifest(name, ns, workers={"min": 1, "max": 2},
-                                faultTolerance={"onWorkerFailure": policy, "maxRestarts": 3}))
-    wait_for("Running", lambda: (job(cluster, ns, name).get("status") or {}).get("phase") == "Running", timeout=60)
+    apply(
+        cluster,
+        job_manifest(
+            name,
+            ns,
+            workers={"min": 1, "max": 2},
+            faultTolerance={"onWorkerFailure": policy, "maxRestarts": 3},
+        ),
+    )
+    wait_for(
+        "Running", lambda: (job(cluster, ns, name).get("status") or {}).get("phase") == "Running", timeout=60
+    )
     epoch = job(cluster, ns, name)["status"]["membership"]["epoch"]
     fail_pod(cluster, ns, f"{name}-worker-0")
-    st = wait_for("the failure in status", lambda: (s := job(cluster, ns, name)["status"]).get("restarts") == 1 and s,
-                  timeout=60)
+    st = wait_for(
+        "the failure in status",
+        lambda: (s := job(cluster, ns, name)["status"]).get("restarts") == 1 and s,
+        timeout=60,
+    )
     assert st["lastFailure"]["pod"] == f"{name}-worker-0"
     assert st["lastFailure"]["reason"] == "OOMKilled" and st["lastFailure"]["exitCode"] == 137
     assert events(cluster, ns, name, "WorkerFailed")
     if policy == "Replace":
-        final = wait_for("two workers again", lambda: (s := job(cluster, ns, name)["status"])["phase"] == "Running"
-                         and s["workers"]["ready"] == 2 and s, timeout=60)
-        assert sorted(p["metadata"]["name"] for p in pods(cluster, ns, name)) == [f"{name}-worker-1", f"{name}-worker-2"]
+        final = wait_for(
+            "two workers again",
+            lambda: (
+                (s := job(cluster, ns, name)["status"])["phase"] == "Running"
+                and s["workers"]["ready"] == 2
+                and s
+            ),
+            timeout=60,
+        )
+        assert sorted(p["metadata"]["name"] for p in pods(cluster, ns, name)) == [
+            f"{name}-worker-1",
+            f"{name}-worker-2",
+        ]
         assert final["membership"]["epoch"] >= epoch + 2  # shrank, then grew back
     else:
-        final = wait_for("running on the survivor", lambda: (s := job(cluster, ns, name)["status"])["phase"] == "Running"
-                         and not any(p["metadata"]["name"] == f"{name}-worker-0" for p in pods(cluster, ns, name)) and s,
-                         timeout=60)
+        final = wait_for(
+            "running on the survivor",
+            lambda: (
+                (s := job(cluster, ns, name)["status"])["phase"] == "Running"
+                and not any(p["metadata"]["name"] == f"{name}-worker-0" for p in pods(cluster, ns, name))
+                and s
+            ),
+            timeout=60,
+        )
         assert final["workers"]["ready"] == 1 and final["workers"]["desired"] == 1
         assert [p["metadata"]["name"] for p in pods(cluster, ns, name)] == [f"{name}-worker-1"]
         assert final["membership"]["epoch"] == epoch + 1

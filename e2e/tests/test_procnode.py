@@ -40,8 +40,10 @@ def rest(cluster: Any) -> KubeREST:
 def ns(cluster: Any, rest: KubeREST) -> Iterator[str]:
     name = f"procnode-e2e-{uuid.uuid4().hex[:6]}"
     rest.post("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    wait_for("the default service account",
-             lambda: rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"))
+    wait_for(
+        "the default service account",
+        lambda: rest.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default"),
+    )
     yield name
     rest.delete(f"/api/v1/namespaces/{name}")
 
@@ -51,8 +53,11 @@ def pod_manifest(name: str, containers: list[JSON], **spec: Any) -> JSON:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "procnode-e2e", "test": name},
-                     "annotations": {"procnode.test/note": "hello"}},
+        "metadata": {
+            "name": name,
+            "labels": {"app": "procnode-e2e", "test": name},
+            "annotations": {"procnode.test/note": "hello"},
+        },
         "spec": {
             "nodeSelector": {RUNNER_LABEL: "process"},
             "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}],
@@ -85,7 +90,13 @@ def wait_phase(rest: KubeREST, ns: str, name: str, phases: tuple[str, ...], time
 
 def log_path(cluster: Any, pod: JSON, container: str) -> Path:
     m = pod["metadata"]
-    return Path(cluster.state_dir) / "procnode" / "pods" / f"{m['namespace']}_{m['name']}_{m['uid']}" / f"{container}.log"
+    return (
+        Path(cluster.state_dir)
+        / "procnode"
+        / "pods"
+        / f"{m['namespace']}_{m['name']}_{m['uid']}"
+        / f"{container}.log"
+    )
 
 
 def read_log(cluster: Any, pod: JSON, container: str) -> str:
@@ -166,10 +177,14 @@ print(json.dumps({"env": env, "user": who.status.user_info.username, "secrets": 
 
 @pytest.fixture(scope="module")
 def env_pod(cluster: Any, rest: KubeREST, ns: str) -> tuple[JSON, JSON]:
-    rest.post(f"/api/v1/namespaces/{ns}/configmaps",
-              {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"mode": "fast"}})
-    rest.post(f"/api/v1/namespaces/{ns}/secrets",
-              {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec"}, "stringData": {"pw": "hunter2"}})
+    rest.post(
+        f"/api/v1/namespaces/{ns}/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg"}, "data": {"mode": "fast"}},
+    )
+    rest.post(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sec"}, "stringData": {"pw": "hunter2"}},
+    )
 
     def field(path: str) -> JSON:
         return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
@@ -190,10 +205,15 @@ def env_pod(cluster: Any, rest: KubeREST, ns: str) -> tuple[JSON, JSON]:
         {"name": "MY_EXPANDED", "value": "$(MY_POD)@$(MY_POD_IP)"},
         {"name": "MY_OUT", "value": "/out/env.json"},
     ]
-    create(rest, ns, pod_manifest(
-        "env", [py("main", ENV_PROBE, env=env, volumeMounts=[{"name": "out", "mountPath": "/out"}])],
-        volumes=[{"name": "out", "emptyDir": {}}],
-    ))
+    create(
+        rest,
+        ns,
+        pod_manifest(
+            "env",
+            [py("main", ENV_PROBE, env=env, volumeMounts=[{"name": "out", "mountPath": "/out"}])],
+            volumes=[{"name": "out", "emptyDir": {}}],
+        ),
+    )
     pod = wait_phase(rest, ns, "env", ("Succeeded", "Failed"), timeout=45)
     out = read_log(cluster, pod, "main")
     assert pod["status"]["phase"] == "Succeeded", out
@@ -239,15 +259,23 @@ def test_pod_authenticates_as_its_service_account(env_pod: tuple[JSON, JSON]) ->
 
 def test_init_containers_run_first_in_order(rest: KubeREST, ns: str) -> None:
     append = "import time; open('/w/order', 'a').write('{} %f\\n' % time.time())"
-    check = ("import sys; lines = open('/w/order').read().split(); "
-             "sys.exit(0 if lines[0::2] == ['init-a', 'init-b'] else 1)")
-    create(rest, ns, pod_manifest(
-        "inits",
-        [py("main", check, volumeMounts=[{"name": "w", "mountPath": "/w"}])],
-        initContainers=[py(n, append.format(n), volumeMounts=[{"name": "w", "mountPath": "/w"}])
-                        for n in ("init-a", "init-b")],
-        volumes=[{"name": "w", "emptyDir": {}}],
-    ))
+    check = (
+        "import sys; lines = open('/w/order').read().split(); "
+        "sys.exit(0 if lines[0::2] == ['init-a', 'init-b'] else 1)"
+    )
+    create(
+        rest,
+        ns,
+        pod_manifest(
+            "inits",
+            [py("main", check, volumeMounts=[{"name": "w", "mountPath": "/w"}])],
+            initContainers=[
+                py(n, append.format(n), volumeMounts=[{"name": "w", "mountPath": "/w"}])
+                for n in ("init-a", "init-b")
+            ],
+            volumes=[{"name": "w", "emptyDir": {}}],
+        ),
+    )
     pod = wait_phase(rest, ns, "inits", ("Succeeded", "Failed"))
     assert pod["status"]["phase"] == "Succeeded"
     a, b = (container_status(pod, n, init=True)["state"]["terminated"] for n in ("init-a", "init-b"))
@@ -258,10 +286,20 @@ def test_init_containers_run_first_in_order(rest: KubeREST, ns: str) -> None:
 
 
 def test_failed_container_is_restarted_under_on_failure(rest: KubeREST, ns: str) -> None:
-    code = ("import os, sys; p = '/w/runs'; n = len(open(p).read()) if os.path.exists(p) else 0; "
-            "open(p, 'a').write('x'); sys.exit(0 if n else 3)")
-    create(rest, ns, pod_manifest("retry", [py("main", code, volumeMounts=[{"name": "w", "mountPath": "/w"}])],
-                                  restartPolicy="OnFailure", volumes=[{"name": "w", "emptyDir": {}}]))
+    code = (
+        "import os, sys; p = '/w/runs'; n = len(open(p).read()) if os.path.exists(p) else 0; "
+        "open(p, 'a').write('x'); sys.exit(0 if n else 3)"
+    )
+    create(
+        rest,
+        ns,
+        pod_manifest(
+            "retry",
+            [py("main", code, volumeMounts=[{"name": "w", "mountPath": "/w"}])],
+            restartPolicy="OnFailure",
+            volumes=[{"name": "w", "emptyDir": {}}],
+        ),
+    )
     pod = wait_phase(rest, ns, "retry", ("Succeeded", "Failed"))
     cs = container_status(pod, "main")
     assert pod["status"]["phase"] == "Succeeded"
@@ -297,7 +335,9 @@ def wait_ready_log(cluster: Any, rest: KubeREST, ns: str, name: str) -> JSON:
     return pod
 
 
-def test_two_pods_get_distinct_pod_ips_and_deletion_sends_sigterm(cluster: Any, rest: KubeREST, ns: str) -> None:
+def test_two_pods_get_distinct_pod_ips_and_deletion_sends_sigterm(
+    cluster: Any, rest: KubeREST, ns: str
+) -> None:
     create(rest, ns, sleeper("sleep-a"))
     create(rest, ns, sleeper("sleep-b"))
     a = wait_ready_log(cluster, rest, ns, "sleep-a")
@@ -318,7 +358,9 @@ def test_two_pods_get_distinct_pod_ips_and_deletion_sends_sigterm(cluster: Any, 
     wait_gone(rest, ns, "sleep-b")
 
 
-def test_process_ignoring_sigterm_is_killed_after_the_grace_period(cluster: Any, rest: KubeREST, ns: str) -> None:
+def test_process_ignoring_sigterm_is_killed_after_the_grace_period(
+    cluster: Any, rest: KubeREST, ns: str
+) -> None:
     grace = 3
     create(rest, ns, sleeper("stubborn", ignore_term=True, grace=grace))
     pod = wait_ready_log(cluster, rest, ns, "stubborn")
@@ -335,12 +377,18 @@ def test_pod_on_a_foreign_node_is_ignored(cluster: Any, rest: KubeREST, ns: str)
     if not kwok_nodes:
         pytest.skip("the profile has no kwok node")
     node = kwok_nodes[0]["metadata"]["name"]
-    m = pod_manifest("foreign", [py("main", "print('must not run here')")], nodeName=node,
-                     tolerations=[{"operator": "Exists"}])
+    m = pod_manifest(
+        "foreign",
+        [py("main", "print('must not run here')")],
+        nodeName=node,
+        tolerations=[{"operator": "Exists"}],
+    )
     m["spec"].pop("nodeSelector")
     create(rest, ns, m)
     # kwok owns that node: whatever it reports, the process runner never ran a process for it.
-    pod = wait_for("kwok to report the pod", lambda: (get(rest, ns, "foreign") or {}).get("status", {}).get("phase"))
+    pod = wait_for(
+        "kwok to report the pod", lambda: (get(rest, ns, "foreign") or {}).get("status", {}).get("phase")
+    )
     assert pod
     p = get(rest, ns, "foreign")
     assert p is not None

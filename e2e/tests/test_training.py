@@ -47,26 +47,44 @@ def test_training_survives_a_killed_worker_exactly_once(cluster: Cluster, operat
     ns = f"train-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     manifest = [
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt", "namespace": ns},
-         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}},
-        {"apiVersion": "heterotrain.io/v1alpha1", "kind": "HeteroTrainJob",
-         "metadata": {"name": "mlp", "namespace": ns},
-         "spec": {
-             "image": "python:3.11",
-             "command": ["python", "-m", "heterotrain_runtime.examples.train"],
-             "args": ["--steps", str(STEPS), "--dataset-size", str(DATASET), "--log-every", "20"],
-             "env": [{"name": "HETEROTRAIN_SAMPLE_LOG_DIR", "value": "/checkpoints/samples"}],
-             "workers": {"min": 2, "max": 3},
-             "accelerators": [{"type": "nvidia-h100"}, {"type": "nvidia-a100"}],
-             "globalBatchSize": 96,
-             "checkpoint": {"volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}, "intervalSteps": 20},
-             "faultTolerance": {"onWorkerFailure": "Replace", "maxRestarts": 3},
-         }},
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "ckpt", "namespace": ns},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+        {
+            "apiVersion": "heterotrain.io/v1alpha1",
+            "kind": "HeteroTrainJob",
+            "metadata": {"name": "mlp", "namespace": ns},
+            "spec": {
+                "image": "python:3.11",
+                "command": ["python", "-m", "heterotrain_runtime.examples.train"],
+                "args": ["--steps", str(STEPS), "--dataset-size", str(DATASET), "--log-every", "20"],
+                "env": [{"name": "HETEROTRAIN_SAMPLE_LOG_DIR", "value": "/checkpoints/samples"}],
+                "workers": {"min": 2, "max": 3},
+                "accelerators": [{"type": "nvidia-h100"}, {"type": "nvidia-a100"}],
+                "globalBatchSize": 96,
+                "checkpoint": {
+                    "volume": {"persistentVolumeClaim": {"claimName": "ckpt"}},
+                    "intervalSteps": 20,
+                },
+                "faultTolerance": {"onWorkerFailure": "Replace", "maxRestarts": 3},
+            },
+        },
     ]
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifest}))
-    st = wait_for("Running with a checkpoint",
-                  lambda: (s := job_status(cluster, ns, "mlp")).get("phase") == "Running"
-                  and (s.get("lastCheckpoint") or {}).get("step", 0) >= 40 and s, timeout=180)
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifest})
+    )
+    st = wait_for(
+        "Running with a checkpoint",
+        lambda: (
+            (s := job_status(cluster, ns, "mlp")).get("phase") == "Running"
+            and (s.get("lastCheckpoint") or {}).get("step", 0) >= 40
+            and s
+        ),
+        timeout=180,
+    )
     assert st["workers"]["ready"] == 3
     weights = {m["type"]: m["weight"] for m in st["membership"]["world"]}
     assert weights["nvidia-h100"] > weights["nvidia-a100"]
@@ -74,11 +92,17 @@ def test_training_survives_a_killed_worker_exactly_once(cluster: Cluster, operat
     victim = next(m["pod"] for m in st["membership"]["world"] if m["rank"] == 1)
     kill_worker_process(cluster, ns, victim)
 
-    st = wait_for("the failure recorded", lambda: (s := job_status(cluster, ns, "mlp")).get("restarts") == 1 and s,
-                  timeout=60)
+    st = wait_for(
+        "the failure recorded",
+        lambda: (s := job_status(cluster, ns, "mlp")).get("restarts") == 1 and s,
+        timeout=60,
+    )
     assert st["lastFailure"]["pod"] == victim and st["lastFailure"]["exitCode"] == 137
-    final = wait_for("Succeeded", lambda: (s := job_status(cluster, ns, "mlp")).get("phase") == "Succeeded" and s,
-                     timeout=300)
+    final = wait_for(
+        "Succeeded",
+        lambda: (s := job_status(cluster, ns, "mlp")).get("phase") == "Succeeded" and s,
+        timeout=300,
+    )
     assert final["restarts"] == 1
     assert final["membership"]["epoch"] >= epoch + 2, "the world shrank, then took the replacement in"
     assert final["lastCheckpoint"]["step"] == STEPS

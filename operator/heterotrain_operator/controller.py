@@ -30,8 +30,21 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 # Status fields the operator owns; others (e.g. lastCheckpoint, written by the runtime) are left alone.
-OWNED_STATUS = ("observedGeneration", "phase", "conditions", "workers", "mix", "membership", "placement",
-                "waitingReason", "waitingMessage", "restarts", "lastFailure", "startTime", "completionTime")
+OWNED_STATUS = (
+    "observedGeneration",
+    "phase",
+    "conditions",
+    "workers",
+    "mix",
+    "membership",
+    "placement",
+    "waitingReason",
+    "waitingMessage",
+    "restarts",
+    "lastFailure",
+    "startTime",
+    "completionTime",
+)
 
 Planner = Callable[..., pl.Plan]
 
@@ -47,9 +60,15 @@ def job_view(obj: Mapping[str, Any]) -> d.JobView | r.Stall:
     except AcceleratorResolutionError as e:
         return r.Stall(e.reason, str(e))
     return d.JobView(
-        name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=int(meta.get("generation") or 0),
-        spec=spec, accelerators=accs, created=o.parse_time(meta.get("creationTimestamp")),
-        deleting=o.is_deleting(obj), status=dict(obj.get("status") or {}),
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation") or 0),
+        spec=spec,
+        accelerators=accs,
+        created=o.parse_time(meta.get("creationTimestamp")),
+        deleting=o.is_deleting(obj),
+        status=dict(obj.get("status") or {}),
     )
 
 
@@ -69,18 +88,28 @@ def semantic_stall(job: d.JobView, types: Mapping[str, set[str]]) -> r.Stall | N
         path = f"spec.accelerators[{a.index}]"
         if a.type not in types:
             known = ", ".join(sorted(types)) or "none"
-            return r.Stall("NoMatchingNodes",
-                           f"{path}.type: no node has label {c.LABEL_ACCELERATOR}={a.type} (types in the cluster: {known})")
+            return r.Stall(
+                "NoMatchingNodes",
+                f"{path}.type: no node has label {c.LABEL_ACCELERATOR}={a.type} (types in the cluster: {known})",
+            )
         if a.resource_name not in types[a.type]:
-            return r.Stall("UnknownResourceName",
-                           f"{path}.resourceName: no {a.type} node offers {a.resource_name} "
-                           f"(they offer: {', '.join(sorted(types[a.type])) or 'nothing'})")
+            return r.Stall(
+                "UnknownResourceName",
+                f"{path}.resourceName: no {a.type} node offers {a.resource_name} "
+                f"(they offer: {', '.join(sorted(types[a.type])) or 'nothing'})",
+            )
     return None
 
 
 class Controller:
-    def __init__(self, kube: Kube, settings: Settings, *, clock: Callable[[], float] = time.time,
-                 planner: Planner = pl.plan) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        planner: Planner = pl.plan,
+    ) -> None:
         self.kube = kube
         self.settings = settings
         self.clock = clock
@@ -130,32 +159,54 @@ class Controller:
                 metrics.RECONCILES.labels(result="ok").inc()
             except Exception:
                 metrics.RECONCILES.labels(result="error").inc()
-                log.exception("reconcile of %s/%s failed", obj["metadata"]["namespace"], obj["metadata"]["name"])
+                log.exception(
+                    "reconcile of %s/%s failed", obj["metadata"]["namespace"], obj["metadata"]["name"]
+                )
         for phase in ("Pending", "Admitted", "Running", "Recovering", "Suspended", "Succeeded", "Failed"):
             metrics.JOBS.labels(phase=phase).set(by_phase.get(phase, 0))
         metrics.PASS_SECONDS.observe(time.perf_counter() - t0)
         return dict(by_phase)
 
-    def _reconcile_one(self, obj: dict[str, Any], v: d.JobView | None, stall: r.Stall | None, plan: pl.Plan,
-                       workers: Mapping[str, list[dict[str, Any]]], now: float) -> str:
+    def _reconcile_one(
+        self,
+        obj: dict[str, Any],
+        v: d.JobView | None,
+        stall: r.Stall | None,
+        plan: pl.Plan,
+        workers: Mapping[str, list[dict[str, Any]]],
+        now: float,
+    ) -> str:
         meta = obj["metadata"]
         if v is None:
             assert stall is not None
             # Unparseable spec: only conditions can be reported.
             status = dict(obj.get("status") or {})
-            cond = {"type": "Stalled", "status": "True", "reason": stall.reason, "message": stall.message,
-                    "lastTransitionTime": r.fmt_time(datetime.fromtimestamp(now, UTC)),
-                    "observedGeneration": meta.get("generation")}
+            cond = {
+                "type": "Stalled",
+                "status": "True",
+                "reason": stall.reason,
+                "message": stall.message,
+                "lastTransitionTime": r.fmt_time(datetime.fromtimestamp(now, UTC)),
+                "observedGeneration": meta.get("generation"),
+            }
             prev = [x for x in status.get("conditions") or [] if x.get("type") == "Stalled"]
             if not prev or prev[0].get("message") != stall.message:
-                self.kube.apply_job_status(meta["namespace"], meta["name"], meta["uid"],
-                                           {"observedGeneration": meta.get("generation"), "phase": "Pending",
-                                            "conditions": [cond]})
+                self.kube.apply_job_status(
+                    meta["namespace"],
+                    meta["name"],
+                    meta["uid"],
+                    {"observedGeneration": meta.get("generation"), "phase": "Pending", "conditions": [cond]},
+                )
                 self.kube.event(obj, "Warning", stall.reason, stall.message)
             return "Pending"
-        out = r.reconcile_job(v, workers.get(v.key, []), plan.get(v.key), self.settings,
-                              datetime.fromtimestamp(now, UTC), stall)
-        if stall is None and out.status["phase"] not in r.TERMINAL and self._support_applied.get(v.uid) != v.generation:
+        out = r.reconcile_job(
+            v, workers.get(v.key, []), plan.get(v.key), self.settings, datetime.fromtimestamp(now, UTC), stall
+        )
+        if (
+            stall is None
+            and out.status["phase"] not in r.TERMINAL
+            and self._support_applied.get(v.uid) != v.generation
+        ):
             for o_ in d.support_objects(v):
                 self.kube.apply(o_)
             self._support_applied[v.uid] = v.generation

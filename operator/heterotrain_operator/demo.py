@@ -44,7 +44,9 @@ def demo(cluster_dir: Path, timeout: float, manifest: Path = QUICKSTART) -> int:
         print(f"No KUBECONFIG: starting the local cluster in {cluster_dir} ...", flush=True)
         info = controlplane.up(cluster_dir, REPO / "e2e" / "profiles" / "default.yaml")
         os.environ["KUBECONFIG"] = str(info.kubeconfig)
-        print(f"Cluster {'already running' if info.already_running else 'ready'}: KUBECONFIG={info.kubeconfig}")
+        print(
+            f"Cluster {'already running' if info.already_running else 'ready'}: KUBECONFIG={info.kubeconfig}"
+        )
     install_crds()
 
     from .kube import Kube, load_client
@@ -55,8 +57,12 @@ def demo(cluster_dir: Path, timeout: float, manifest: Path = QUICKSTART) -> int:
     op_log = log_dir / "operator.log"
     print(f"Starting the operator (log: {op_log}) ...", flush=True)
     with open(op_log, "ab") as logf:
-        op = subprocess.Popen([sys.executable, "-m", "heterotrain_operator", "run"], stdout=logf,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+        op = subprocess.Popen(
+            [sys.executable, "-m", "heterotrain_operator", "run"],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
         for d in docs:
@@ -81,8 +87,13 @@ def demo(cluster_dir: Path, timeout: float, manifest: Path = QUICKSTART) -> int:
                 st = job.get("status") or {}
                 if st.get("phase") == "Running" and not shown_world:
                     shown_world = True
-                    print("  world:", ", ".join(f"rank {m['rank']} {m['type']} (weight {m['weight']:g})"
-                                                for m in (st.get("membership") or {}).get("world") or []))
+                    print(
+                        "  world:",
+                        ", ".join(
+                            f"rank {m['rank']} {m['type']} (weight {m['weight']:g})"
+                            for m in (st.get("membership") or {}).get("world") or []
+                        ),
+                    )
                 if st.get("phase") in ("Succeeded", "Failed"):
                     print(f"\nkubectl get htj {name}   # with KUBECONFIG={os.environ['KUBECONFIG']}")
                     print(f"kubectl logs {name}-worker-0   # the batch split follows the pools' speeds")

@@ -82,7 +82,12 @@ def _meta(job: JobView, name: str, extra_labels: dict[str, str] | None = None) -
         c.LABEL_JOB: job.name,
         **(extra_labels or {}),
     }
-    return {"name": name, "namespace": job.namespace, "labels": labels, "ownerReferences": [owner_reference(job)]}
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(job)],
+    }
 
 
 _CONFIG_TEMPLATE = jinja2.Environment(
@@ -126,7 +131,12 @@ def support_objects(job: JobView) -> list[dict[str, Any]]:
     """ServiceAccount, Role, RoleBinding, headless Service and ConfigMap of a job."""
     sa = service_account_name(job.name)
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, sa), "automountServiceAccountToken": True},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(job, sa),
+            "automountServiceAccountToken": True,
+        },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -217,7 +227,9 @@ def _pythonpath(user_env: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": "PYTHONPATH", "value": c.RUNTIME_MOUNT_PATH}
 
 
-def worker_pod(job: JobView, index: int, type_: str, settings: Settings, node: str | None = None) -> dict[str, Any]:
+def worker_pod(
+    job: JobView, index: int, type_: str, settings: Settings, node: str | None = None
+) -> dict[str, Any]:
     """The worker pod ``index`` of accelerator ``type_``.
 
     Created with a scheduling gate and no node; once placed (``node`` given) it
@@ -297,5 +309,7 @@ def worker_pod(job: JobView, index: int, type_: str, settings: Settings, node: s
                 }
             }
         }
-    meta = _meta(job, name, {c.LABEL_ROLE: "worker", c.LABEL_ACCELERATOR: type_, c.LABEL_WORKER_INDEX: str(index)})
+    meta = _meta(
+        job, name, {c.LABEL_ROLE: "worker", c.LABEL_ACCELERATOR: type_, c.LABEL_WORKER_INDEX: str(index)}
+    )
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -28,7 +28,10 @@ _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps",
     ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims",
     ("rbac.authorization.k8s.io/v1", "Role"): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
-    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    (
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+    ): "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     (f"{c.GROUP}/{c.VERSION}", c.KIND): f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{{ns}}/{c.PLURAL}",
 }
 JOBS_PATH = f"/apis/{c.GROUP}/{c.VERSION}/{c.PLURAL}"
@@ -53,11 +56,21 @@ class Kube:
         self.calls = 0
 
     # --- raw -----------------------------------------------------------------------------
-    def _call(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
-              body: Any = None, content_type: str = "application/json") -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
         self.calls += 1
         method_, url, headers, body_, _ = self.api.param_serialize(
-            method, path, query_params=query or [], body=body,
+            method,
+            path,
+            query_params=query or [],
+            body=body,
             header_params={"Content-Type": content_type, "Accept": "application/json"},
             auth_settings=["BearerToken"],
         )
@@ -80,13 +93,19 @@ class Kube:
 
     # --- reads ---------------------------------------------------------------------------
     def list_jobs(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        path = JOBS_PATH if namespace is None else _PATHS[(f"{c.GROUP}/{c.VERSION}", c.KIND)].format(ns=namespace)
+        path = (
+            JOBS_PATH
+            if namespace is None
+            else _PATHS[(f"{c.GROUP}/{c.VERSION}", c.KIND)].format(ns=namespace)
+        )
         return self._list(path)
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self._list("/api/v1/nodes")
 
-    def list_pods(self, label_selector: str | None = None, field_selector: str | None = None) -> list[dict[str, Any]]:
+    def list_pods(
+        self, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         q = []
         if label_selector:
             q.append(("labelSelector", label_selector))
@@ -106,22 +125,35 @@ class Kube:
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
         path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta["namespace"]) + f"/{meta['name']}"
-        return dict(self._call(
-            "PATCH", path, query=[("fieldManager", self.field_manager), ("force", "true")],
-            body=json.dumps(obj), content_type="application/apply-patch+yaml",
-        ))
+        return dict(
+            self._call(
+                "PATCH",
+                path,
+                query=[("fieldManager", self.field_manager), ("force", "true")],
+                body=json.dumps(obj),
+                content_type="application/apply-patch+yaml",
+            )
+        )
 
-    def apply_job_status(self, namespace: str, name: str, uid: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    def apply_job_status(
+        self, namespace: str, name: str, uid: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
         body = {
-            "apiVersion": f"{c.GROUP}/{c.VERSION}", "kind": c.KIND,
+            "apiVersion": f"{c.GROUP}/{c.VERSION}",
+            "kind": c.KIND,
             "metadata": {"name": name, "namespace": namespace, "uid": uid},
             "status": status,
         }
         path = _PATHS[(f"{c.GROUP}/{c.VERSION}", c.KIND)].format(ns=namespace) + f"/{name}/status"
-        return dict(self._call(
-            "PATCH", path, query=[("fieldManager", self.field_manager), ("force", "true")],
-            body=json.dumps(body), content_type="application/apply-patch+yaml",
-        ))
+        return dict(
+            self._call(
+                "PATCH",
+                path,
+                query=[("fieldManager", self.field_manager), ("force", "true")],
+                body=json.dumps(body),
+                content_type="application/apply-patch+yaml",
+            )
+        )
 
     def delete_pod(self, namespace: str, name: str, uid: str, grace_seconds: int | None = None) -> bool:
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
@@ -136,11 +168,18 @@ class Kube:
             raise
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid},
-                "propagationPolicy": "Background"}
+        body = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "preconditions": {"uid": uid},
+            "propagationPolicy": "Background",
+        }
         try:
-            self._call("DELETE", _PATHS[(f"{c.GROUP}/{c.VERSION}", c.KIND)].format(ns=namespace) + f"/{name}",
-                       body=body)
+            self._call(
+                "DELETE",
+                _PATHS[(f"{c.GROUP}/{c.VERSION}", c.KIND)].format(ns=namespace) + f"/{name}",
+                body=body,
+            )
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
@@ -149,24 +188,41 @@ class Kube:
         meta = job["metadata"]
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{c.GROUP}/{c.VERSION}", "kind": c.KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta["uid"],
-                               "resourceVersion": meta.get("resourceVersion")},
-            "type": type_, "reason": reason[:128], "message": message[:1024],
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": f"{c.GROUP}/{c.VERSION}",
+                "kind": c.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason[:128],
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
             "source": {"component": self.field_manager},
-            "reportingComponent": f"{c.GROUP}/operator", "reportingInstance": self.field_manager,
+            "reportingComponent": f"{c.GROUP}/operator",
+            "reportingInstance": self.field_manager,
         }
         try:
             self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
         except ApiException as e:  # an Event that cannot be posted must not stop the reconcile
-            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason)
+            log.warning(
+                "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e.reason
+            )
 
     def apply_crds(self, docs: Iterator[Mapping[str, Any]]) -> None:
         for doc in docs:
             name = doc["metadata"]["name"]
-            self._call("PATCH", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
-                       query=[("fieldManager", self.field_manager), ("force", "true")],
-                       body=json.dumps(doc), content_type="application/apply-patch+yaml")
+            self._call(
+                "PATCH",
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+                query=[("fieldManager", self.field_manager), ("force", "true")],
+                body=json.dumps(doc),
+                content_type="application/apply-patch+yaml",
+            )

@@ -47,13 +47,18 @@ def run(namespace: str | None = None, liveness: str | None = None) -> None:
     from . import handlers  # noqa: F401 - registers the handlers
 
     kopf.configure(verbose=os.environ.get("HETEROTRAIN_VERBOSE") == "1")
-    kopf.run(standalone=True, clusterwide=namespace is None,
-             namespaces=[namespace] if namespace else [], liveness_endpoint=liveness)
+    kopf.run(
+        standalone=True,
+        clusterwide=namespace is None,
+        namespaces=[namespace] if namespace else [],
+        liveness_endpoint=liveness,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="heterotrain-operator", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="heterotrain-operator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run")
     p_run.add_argument("--namespace", default=os.environ.get("HETEROTRAIN_NAMESPACE_SCOPE") or None)

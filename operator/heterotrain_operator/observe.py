@@ -19,7 +19,8 @@ from . import placement as pl
 from .desired import JobView
 
 _SUFFIX: dict[str, Decimal] = {
-    "": Decimal(1), "m": Decimal("0.001"),
+    "": Decimal(1),
+    "m": Decimal("0.001"),
     **{k: Decimal(10) ** (3 * i) for i, k in enumerate(("k", "M", "G", "T", "P", "E"), start=1)},
     **{k: Decimal(2) ** (10 * i) for i, k in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
 }
@@ -69,12 +70,18 @@ def pod_node(pod: Mapping[str, Any]) -> str | None:
     if spec.get("schedulingGates"):
         return None
     terms = (
-        spec.get("affinity", {}).get("nodeAffinity", {})
-        .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+        spec.get("affinity", {})
+        .get("nodeAffinity", {})
+        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
+        .get("nodeSelectorTerms", [])
     )
     for term in terms:
         for f in term.get("matchFields", []):
-            if f.get("key") == "metadata.name" and f.get("operator") == "In" and len(f.get("values", [])) == 1:
+            if (
+                f.get("key") == "metadata.name"
+                and f.get("operator") == "In"
+                and len(f.get("values", [])) == 1
+            ):
                 return str(f["values"][0])
     return None
 
@@ -121,7 +128,9 @@ _STANDARD = {"cpu", "memory", "pods", "ephemeral-storage"}
 
 def node_resource_name(node: Mapping[str, Any]) -> str | None:
     alloc = node.get("status", {}).get("allocatable", {}) or {}
-    extended = sorted(str(k) for k in alloc if "/" in k and not k.startswith("hugepages-") and k not in _STANDARD)
+    extended = sorted(
+        str(k) for k in alloc if "/" in k and not k.startswith("hugepages-") and k not in _STANDARD
+    )
     for k in extended:
         if whole(alloc[k]) > 0:
             return k
@@ -166,29 +175,37 @@ def snapshot(
         alloc = status.get("allocatable", {}) or {}
         rn = node_resource_name(n)
         u = used.get(name, {})
-        out.append(pl.Node(
-            name=name,
-            accelerator=(meta.get("labels") or {}).get(c.LABEL_ACCELERATOR),
-            resource_name=rn,
-            accelerators_allocatable=whole(alloc.get(rn, 0)) if rn else 0,
-            accelerators_used=int(u.get(rn, 0)) if rn else 0,
-            cpu_milli_allocatable=milli(alloc.get("cpu", 0)),
-            cpu_milli_used=int(u.get("cpu", 0) * 1000),
-            memory_allocatable=whole(alloc.get("memory", 0)),
-            memory_used=int(u.get("memory", 0)),
-            taints=tuple(
-                pl.Taint(key=t.get("key", ""), value=t.get("value", "") or "", effect=t.get("effect", "NoSchedule"))
-                for t in n.get("spec", {}).get("taints", []) or []
-            ),
-            ready=node_ready(n),
-            unschedulable=bool(n.get("spec", {}).get("unschedulable")),
-            labels=tuple(sorted((meta.get("labels") or {}).items())),
-        ))
+        out.append(
+            pl.Node(
+                name=name,
+                accelerator=(meta.get("labels") or {}).get(c.LABEL_ACCELERATOR),
+                resource_name=rn,
+                accelerators_allocatable=whole(alloc.get(rn, 0)) if rn else 0,
+                accelerators_used=int(u.get(rn, 0)) if rn else 0,
+                cpu_milli_allocatable=milli(alloc.get("cpu", 0)),
+                cpu_milli_used=int(u.get("cpu", 0) * 1000),
+                memory_allocatable=whole(alloc.get("memory", 0)),
+                memory_used=int(u.get("memory", 0)),
+                taints=tuple(
+                    pl.Taint(
+                        key=t.get("key", ""),
+                        value=t.get("value", "") or "",
+                        effect=t.get("effect", "NoSchedule"),
+                    )
+                    for t in n.get("spec", {}).get("taints", []) or []
+                ),
+                ready=node_ready(n),
+                unschedulable=bool(n.get("spec", {}).get("unschedulable")),
+                labels=tuple(sorted((meta.get("labels") or {}).items())),
+            )
+        )
     out.sort(key=lambda n: n.name)
     return pl.ClusterSnapshot(nodes=tuple(out))
 
 
-def job_request(job: JobView, current: Iterable[pl.WorkerSlot], max_workers: int | None = None) -> pl.JobRequest:
+def job_request(
+    job: JobView, current: Iterable[pl.WorkerSlot], max_workers: int | None = None
+) -> pl.JobRequest:
     spec = job.spec
     req = spec.resources.requests if spec.resources is not None and spec.resources.requests else {}
     return pl.JobRequest(

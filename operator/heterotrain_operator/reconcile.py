@@ -23,8 +23,17 @@ from . import placement as pl
 from .settings import Settings
 
 TERMINAL = ("Succeeded", "Failed")
-CONDITIONS = ("Ready", "Reconciling", "Stalled", "Admitted", "Running", "Recovering", "Suspended",
-              "Succeeded", "Failed")
+CONDITIONS = (
+    "Ready",
+    "Reconciling",
+    "Stalled",
+    "Admitted",
+    "Running",
+    "Recovering",
+    "Suspended",
+    "Succeeded",
+    "Failed",
+)
 WARNING_CONDITIONS = {"Stalled", "Failed", "Recovering"}
 
 
@@ -85,7 +94,11 @@ def planner_max_workers(job: d.JobView, pods: Sequence[Mapping[str, Any]]) -> in
 def failure_of(pod: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The lastFailure record of a failed pod: the worker container's termination reason and code."""
     status = pod.get("status", {})
-    out: dict[str, Any] = {"pod": pod["metadata"]["name"], "time": fmt_time(now), "reason": status.get("reason") or "Error"}
+    out: dict[str, Any] = {
+        "pod": pod["metadata"]["name"],
+        "time": fmt_time(now),
+        "reason": status.get("reason") or "Error",
+    }
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if cs.get("name") == d.WORKER_CONTAINER and term:
@@ -105,7 +118,10 @@ def _is_running(pod: Mapping[str, Any]) -> bool:
 
 
 def _conditions(
-    old: Sequence[Mapping[str, Any]], values: Mapping[str, tuple[bool, str, str]], generation: int, now: datetime
+    old: Sequence[Mapping[str, Any]],
+    values: Mapping[str, tuple[bool, str, str]],
+    generation: int,
+    now: datetime,
 ) -> list[dict[str, Any]]:
     prev = {cnd.get("type"): cnd for cnd in old}
     out = []
@@ -114,8 +130,16 @@ def _conditions(
         st = "True" if ok else "False"
         p = prev.get(t)
         since = p.get("lastTransitionTime") if p and p.get("status") == st else fmt_time(now)
-        out.append({"type": t, "status": st, "reason": reason, "message": message,
-                    "lastTransitionTime": since, "observedGeneration": generation})
+        out.append(
+            {
+                "type": t,
+                "status": st,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": since,
+                "observedGeneration": generation,
+            }
+        )
     return out
 
 
@@ -169,24 +193,34 @@ def reconcile_job(
         values["Suspended"] = (True, "Suspended", "spec.suspend is true; checkpoints are kept")
     else:
         if phase == "Suspended":
-            out.events.append(("Normal", "Resumed", "spec.suspend is false: resuming from the latest checkpoint"))
+            out.events.append(
+                ("Normal", "Resumed", "spec.suspend is false: resuming from the latest checkpoint")
+            )
             phase = "Pending"
         for p in failed:
             restarts += 1
             last_failure = failure_of(p, now)
             out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "WorkerFailed"))
             code = last_failure.get("exitCode")
-            out.events.append(("Warning", "WorkerFailed",
-                               f"worker {last_failure['pod']} failed: {last_failure['reason']}"
-                               + (f" (exit code {code})" if code is not None else "")
-                               + f"; restart {restarts} of {spec.fault_tolerance.max_restarts}"))
+            out.events.append(
+                (
+                    "Warning",
+                    "WorkerFailed",
+                    f"worker {last_failure['pod']} failed: {last_failure['reason']}"
+                    + (f" (exit code {code})" if code is not None else "")
+                    + f"; restart {restarts} of {spec.fault_tolerance.max_restarts}",
+                )
+            )
         if restarts > spec.fault_tolerance.max_restarts:
             phase = "Failed"
             completion = fmt_time(now)
             delete_all("JobFailed")
-            values["Failed"] = (True, "MaxRestartsExceeded",
-                                f"{restarts} worker failures exceed spec.faultTolerance.maxRestarts="
-                                f"{spec.fault_tolerance.max_restarts}")
+            values["Failed"] = (
+                True,
+                "MaxRestartsExceeded",
+                f"{restarts} worker failures exceed spec.faultTolerance.maxRestarts="
+                f"{spec.fault_tolerance.max_restarts}",
+            )
         elif succeeded and not failed:
             if not alive:
                 phase = "Succeeded"
@@ -200,12 +234,20 @@ def reconcile_job(
             admitted = bool(job_plan and job_plan.admitted)
             desired_slots = list(job_plan.workers) if admitted and job_plan else []
             if job_plan is not None and not job_plan.admitted:
-                waiting = (job_plan.reason or "WaitingForCapacity", job_plan.message or "waiting for capacity")
+                waiting = (
+                    job_plan.reason or "WaitingForCapacity",
+                    job_plan.message or "waiting for capacity",
+                )
             elif job_plan is not None and job_plan.reason and len(desired_slots) < spec.workers.max:
                 waiting = (job_plan.reason, job_plan.message or "")
             if job_plan is not None and job_plan.preempted:
-                out.events.append(("Warning", "Preempted",
-                                   f"{len(job_plan.preempted)} workers removed for a higher-priority job"))
+                out.events.append(
+                    (
+                        "Warning",
+                        "Preempted",
+                        f"{len(job_plan.preempted)} workers removed for a higher-priority job",
+                    )
+                )
 
     # --- membership: the world of running workers -----------------------------------------
     deleting = {name for name, _, _ in out.delete}
@@ -221,8 +263,12 @@ def reconcile_job(
             weight = job.accelerator(t).worker_weight
         except KeyError:
             continue
-        members.append({"pod": p["metadata"]["name"], "type": t, "address": p["status"]["podIP"], "weight": weight})
-    same = [(m["pod"], m["address"]) for m in members] == [(m.get("pod"), m.get("address")) for m in old_world]
+        members.append(
+            {"pod": p["metadata"]["name"], "type": t, "address": p["status"]["podIP"], "weight": weight}
+        )
+    same = [(m["pod"], m["address"]) for m in members] == [
+        (m.get("pod"), m.get("address")) for m in old_world
+    ]
     world = old_world
     if phase in TERMINAL or phase == "Suspended" or stall is not None:
         new_world: list[dict[str, Any]] | None = [] if old_world else None
@@ -238,8 +284,13 @@ def reconcile_job(
     if new_world is not None:
         epoch += 1
         world = [{**m, "rank": r} for r, m in enumerate(new_world)]
-        out.events.append(("Normal", "MembershipChanged",
-                           f"epoch {epoch}: {len(world)} workers ({_mix(Counter(m['type'] for m in world))})"))
+        out.events.append(
+            (
+                "Normal",
+                "MembershipChanged",
+                f"epoch {epoch}: {len(world)} workers ({_mix(Counter(m['type'] for m in world))})",
+            )
+        )
 
     if phase not in TERMINAL and phase != "Suspended" and stall is None:
         complete = bool(world) and len(world) == len(desired_slots) and len(world) >= spec.workers.min
@@ -258,7 +309,11 @@ def reconcile_job(
     by_type_ready = Counter(m["type"] for m in world)
     if phase not in TERMINAL and stall is None and phase != "Suspended":
         if admitted:
-            values["Admitted"] = (True, "Admitted", f"placed {len(desired_slots)} workers: {_mix(by_type_desired)}")
+            values["Admitted"] = (
+                True,
+                "Admitted",
+                f"placed {len(desired_slots)} workers: {_mix(by_type_desired)}",
+            )
         else:
             reason, message = waiting or ("WaitingForCapacity", "waiting for capacity")
             values["Admitted"] = (False, reason, message)
@@ -268,13 +323,21 @@ def reconcile_job(
     if phase == "Succeeded":
         values["Ready"] = (True, "Succeeded", "the job completed")
     if phase == "Recovering":
-        values["Recovering"] = (True, "WorkerLost",
-                                f"{len(world)} of {len(desired_slots)} workers in the world; waiting for the rest")
+        values["Recovering"] = (
+            True,
+            "WorkerLost",
+            f"{len(world)} of {len(desired_slots)} workers in the world; waiting for the rest",
+        )
     if phase in ("Pending", "Admitted", "Recovering"):
-        values["Reconciling"] = (True, waiting[0] if waiting and phase == "Pending" else phase,
-                                 waiting[1] if waiting and phase == "Pending" else f"job is {phase}")
+        values["Reconciling"] = (
+            True,
+            waiting[0] if waiting and phase == "Pending" else phase,
+            waiting[1] if waiting and phase == "Pending" else f"job is {phase}",
+        )
     if phase == "Failed":
-        values["Stalled"] = values.get("Stalled", (True, "Failed", values.get("Failed", (True, "Failed", ""))[2]))
+        values["Stalled"] = values.get(
+            "Stalled", (True, "Failed", values.get("Failed", (True, "Failed", ""))[2])
+        )
     status: dict[str, Any] = {
         "observedGeneration": job.generation,
         "phase": phase,
@@ -285,14 +348,20 @@ def reconcile_job(
         "placement": _placement_of(kept, out.apply),
         "restarts": restarts,
     }
-    by_type = {t: {"desired": by_type_desired.get(t, 0), "ready": by_type_ready.get(t, 0)}
-               for t in sorted(set(by_type_desired) | set(by_type_ready))}
+    by_type = {
+        t: {"desired": by_type_desired.get(t, 0), "ready": by_type_ready.get(t, 0)}
+        for t in sorted(set(by_type_desired) | set(by_type_ready))
+    }
     if by_type:  # an empty map would reach the API server as null through server-side apply
         status["workers"]["byType"] = by_type
     if waiting and phase not in TERMINAL:
         status["waitingReason"], status["waitingMessage"] = waiting
     # lastCheckpoint is not the operator's: the runtime reports it.
-    for key, value in (("lastFailure", last_failure), ("startTime", start_time), ("completionTime", completion)):
+    for key, value in (
+        ("lastFailure", last_failure),
+        ("startTime", start_time),
+        ("completionTime", completion),
+    ):
         if value:
             status[key] = value
     out.status = status
@@ -312,7 +381,9 @@ def reconcile_job(
     return out
 
 
-def _placement_of(kept: Sequence[Mapping[str, Any]], applied: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def _placement_of(
+    kept: Sequence[Mapping[str, Any]], applied: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for p in [*kept, *applied]:
         node = o.pod_node(p)
@@ -332,15 +403,22 @@ def _place(
     out: Outcome,
 ) -> None:
     """Match the plan's slots to existing pods; create, pin or delete pods for the rest."""
-    slots = Counter(job_plan.workers) if job_plan is not None and job_plan.admitted else Counter[pl.WorkerSlot]()
+    slots = (
+        Counter(job_plan.workers) if job_plan is not None and job_plan.admitted else Counter[pl.WorkerSlot]()
+    )
     unplaced = []
     for p in alive:
         node = o.pod_node(p)
         if o.unschedulable(p):
             # The scheduler could not bind it where it was planned: re-plan it instead of leaving it Pending.
             out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "Unschedulable"))
-            out.events.append(("Normal", "Replanned",
-                               f"{p['metadata']['name']} could not be bound to {node}; placing it again"))
+            out.events.append(
+                (
+                    "Normal",
+                    "Replanned",
+                    f"{p['metadata']['name']} could not be bound to {node}; placing it again",
+                )
+            )
             continue
         if node is None:
             unplaced.append(p)

@@ -54,7 +54,9 @@ def usable_backend(name: str | None, *, emulated: bool = False) -> str:
         import torch
 
         if not torch.cuda.is_available():
-            warnings.warn(f"backend {name} requested but no CUDA/ROCm device is visible; using gloo", stacklevel=2)
+            warnings.warn(
+                f"backend {name} requested but no CUDA/ROCm device is visible; using gloo", stacklevel=2
+            )
             return "gloo"
     elif name == "hccl":
         try:

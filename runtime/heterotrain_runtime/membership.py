@@ -131,11 +131,16 @@ class KubernetesSource:
         are the runtime's, so neither side overwrites the other.
         """
         assert self.api_base is not None, "status reports need the in-cluster API (KUBERNETES_SERVICE_HOST)"
-        body = {"apiVersion": f"{contract.GROUP}/{contract.VERSION}", "kind": contract.KIND,
-                "metadata": {"name": self.name, "namespace": self.namespace}, "status": dict(status)}
+        body = {
+            "apiVersion": f"{contract.GROUP}/{contract.VERSION}",
+            "kind": contract.KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "status": dict(status),
+        }
         req = urllib.request.Request(
             f"{self.api_base}{self.path}/status?fieldManager={field_manager}&force=true",
-            data=json.dumps(body).encode(), method="PATCH",
+            data=json.dumps(body).encode(),
+            method="PATCH",
             headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
         )
         if os.path.exists(self.token_path):

@@ -217,8 +217,10 @@ class ElasticTrainer:
         # identity and membership
         self.pod = e.get(contract.ENV_POD_NAME) or f"rank{e.get('RANK', '0')}"
         self.accelerator = e.get(contract.ENV_ACCELERATOR, "cpu")
-        self.backend = usable_backend(e.get(contract.ENV_BACKEND) or contract.default_backend(self.accelerator),
-                                      emulated=bool(e.get(contract.ENV_EMULATED_SPEED)))
+        self.backend = usable_backend(
+            e.get(contract.ENV_BACKEND) or contract.default_backend(self.accelerator),
+            emulated=bool(e.get(contract.ENV_EMULATED_SPEED)),
+        )
         self.source: MembershipSource | None = None
         if e.get(contract.ENV_MEMBERSHIP_SOURCE):
             self.source = source_from_env(e)
@@ -816,8 +818,13 @@ class ElasticTrainer:
         reporter = self._status
         if reporter is None:
             return
-        record = {"lastCheckpoint": {"step": step, "path": path,
-                                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+        record = {
+            "lastCheckpoint": {
+                "step": step,
+                "path": path,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        }
 
         def send() -> None:
             try:

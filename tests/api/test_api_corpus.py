@@ -64,7 +64,11 @@ def test_each_manifest_is_one_mutation_of_a_valid_job(m: InvalidManifest) -> Non
 @pytest.mark.parametrize("path", examples(), ids=lambda p: p.name)
 def test_examples_are_valid(path: Path) -> None:
     # An example may carry what the job needs beside it (e.g. a PersistentVolumeClaim).
-    docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d and d.get("kind") == "HeteroTrainJob"]
+    docs = [
+        d
+        for d in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if d and d.get("kind") == "HeteroTrainJob"
+    ]
     assert docs
     for doc in docs:
         job = parse_job(doc)

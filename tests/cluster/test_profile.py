@@ -20,7 +20,9 @@ def refused(text: str) -> str:
 
 def test_default_profile_has_five_types_and_process_nodes():
     prof = p.load(REPO / "e2e" / "profiles" / "default.yaml")
-    assert {"nvidia-h100", "nvidia-a100", "nvidia-h20", "huawei-ascend-910b", "amd-mi300x"} <= set(prof.types())
+    assert {"nvidia-h100", "nvidia-a100", "nvidia-h20", "huawei-ascend-910b", "amd-mi300x"} <= set(
+        prof.types()
+    )
     nodes = p.node_manifests(prof)
     procs = [n for n in nodes if n["metadata"]["labels"][p.RUNNER_LABEL] == "process"]
     assert len(procs) >= 3
@@ -53,13 +55,19 @@ def test_pool_without_type_is_refused_with_its_line():
 
 
 def test_negative_count_is_refused_with_its_line():
-    msg = refused("  - {name: a, type: nvidia-a100, count: 1}\n  - name: b\n    type: amd-mi300x\n    count: -3\n")
+    msg = refused(
+        "  - {name: a, type: nvidia-a100, count: 1}\n  - name: b\n    type: amd-mi300x\n    count: -3\n"
+    )
     assert "bad.yaml:8: pools[1].count" in msg and "greater than or equal to 0" in msg
 
 
 def test_unknown_type_needs_resource_name_and_duplicate_pools_are_refused():
     assert "resourceName" in refused("  - {name: a, type: acme-x1, count: 1}\n")
-    assert p.parse(HEAD + "  - {name: a, type: acme-x1, count: 1, resourceName: acme.com/npu}\n").pools[0].resource_name
+    assert (
+        p.parse(HEAD + "  - {name: a, type: acme-x1, count: 1, resourceName: acme.com/npu}\n")
+        .pools[0]
+        .resource_name
+    )
     msg = refused("  - {name: a, type: nvidia-a100, count: 1}\n  - {name: a, type: nvidia-h100, count: 1}\n")
     assert "bad.yaml:6: pools[1].name: duplicate pool name" in msg
 

@@ -11,15 +11,24 @@ from heterotrain_operator.settings import Settings
 
 def make_job(status: dict[str, Any] | None = None, **spec_over: Any) -> JobView:
     spec: dict[str, Any] = {
-        "image": "img", "command": ["python", "train.py"],
+        "image": "img",
+        "command": ["python", "train.py"],
         "workers": {"min": 2, "max": 3},
         "accelerators": [{"type": "nvidia-a100"}, {"type": "nvidia-h100"}],
         "globalBatchSize": 96,
     }
     spec.update(spec_over)
     s = parse_spec(spec)
-    return JobView(name="j", namespace="ns", uid="uid-1", generation=1, spec=s,
-                   accelerators=tuple(resolve_accelerators(s)), created=0.0, status=status or {})
+    return JobView(
+        name="j",
+        namespace="ns",
+        uid="uid-1",
+        generation=1,
+        spec=s,
+        accelerators=tuple(resolve_accelerators(s)),
+        created=0.0,
+        status=status or {},
+    )
 
 
 @pytest.fixture(name="make_job")

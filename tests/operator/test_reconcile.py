@@ -14,10 +14,14 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def admitted(*slots: tuple[str, str]) -> pl.JobPlan:
-    return pl.JobPlan(key="ns/j", admitted=True, workers=tuple(pl.WorkerSlot(node=n, type=t) for n, t in slots))
+    return pl.JobPlan(
+        key="ns/j", admitted=True, workers=tuple(pl.WorkerSlot(node=n, type=t) for n, t in slots)
+    )
 
 
-def running(job, index: int, type_: str, node: str, ip: str, settings, phase: str = "Running") -> dict[str, Any]:
+def running(
+    job, index: int, type_: str, node: str, ip: str, settings, phase: str = "Running"
+) -> dict[str, Any]:
     pod = worker_pod(job, index, type_, settings, node=node)
     pod["metadata"]["uid"] = f"pod-{index}"
     pod["spec"]["nodeName"] = node
@@ -58,8 +62,10 @@ def test_injected_runtime(settings, make_job):
 def test_world_published_when_all_planned_workers_run(settings, make_job):
     job = make_job()
     plan = admitted(("n1", "nvidia-a100"), ("n2", "nvidia-h100"))
-    pods = [running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings),
-            running(job, 1, "nvidia-h100", "n2", "127.1.0.2", settings, phase="Pending")]
+    pods = [
+        running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings),
+        running(job, 1, "nvidia-h100", "n2", "127.1.0.2", settings, phase="Pending"),
+    ]
     out = r.reconcile_job(job, pods, plan, settings, NOW)
     assert out.apply == [] and out.delete == []
     assert out.status["membership"]["epoch"] == 0  # not all planned workers run yet
@@ -79,15 +85,26 @@ def test_world_published_when_all_planned_workers_run(settings, make_job):
 def test_failed_worker_is_recorded_replaced_and_world_shrinks(settings, make_job):
     job = make_job()
     plan = admitted(("n1", "nvidia-a100"), ("n2", "nvidia-h100"), ("n3", "nvidia-a100"))
-    pods = [running(job, i, t, n, f"127.1.0.{i + 1}", settings)
-            for i, (n, t) in enumerate([("n1", "nvidia-a100"), ("n2", "nvidia-h100"), ("n3", "nvidia-a100")])]
+    pods = [
+        running(job, i, t, n, f"127.1.0.{i + 1}", settings)
+        for i, (n, t) in enumerate([("n1", "nvidia-a100"), ("n2", "nvidia-h100"), ("n3", "nvidia-a100")])
+    ]
     first = r.reconcile_job(job, pods, plan, settings, NOW)
     assert first.status["membership"]["epoch"] == 1
-    pods[2]["status"] = {"phase": "Failed", "containerStatuses": [
-        {"name": "worker", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}
+    pods[2]["status"] = {
+        "phase": "Failed",
+        "containerStatuses": [
+            {"name": "worker", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
+        ],
+    }
     job2 = make_job(status=first.status)
-    out = r.reconcile_job(job2, pods, admitted(("n1", "nvidia-a100"), ("n2", "nvidia-h100"), ("n4", "nvidia-a100")),
-                          settings, NOW)
+    out = r.reconcile_job(
+        job2,
+        pods,
+        admitted(("n1", "nvidia-a100"), ("n2", "nvidia-h100"), ("n4", "nvidia-a100")),
+        settings,
+        NOW,
+    )
     assert out.delete == [("j-worker-2", "pod-2", "WorkerFailed")]
     assert out.status["restarts"] == 1
     assert out.status["lastFailure"]["reason"] == "OOMKilled" and out.status["lastFailure"]["exitCode"] == 137
@@ -100,8 +117,10 @@ def test_failed_worker_is_recorded_replaced_and_world_shrinks(settings, make_job
 
 def test_too_many_failures_fail_the_job(settings, make_job):
     job = make_job(faultTolerance={"maxRestarts": 0})
-    pods = [running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings, phase="Failed"),
-            running(job, 1, "nvidia-a100", "n2", "127.1.0.2", settings)]
+    pods = [
+        running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings, phase="Failed"),
+        running(job, 1, "nvidia-a100", "n2", "127.1.0.2", settings),
+    ]
     out = r.reconcile_job(job, pods, admitted(("n2", "nvidia-a100"), ("n3", "nvidia-a100")), settings, NOW)
     assert out.status["phase"] == "Failed"
     assert {x[0] for x in out.delete} == {"j-worker-0", "j-worker-1"}
@@ -112,8 +131,13 @@ def test_too_many_failures_fail_the_job(settings, make_job):
 
 def test_waiting_job_creates_nothing_and_says_why(settings, make_job):
     job = make_job()
-    plan = pl.JobPlan(key="ns/j", admitted=False, workers=(), reason="InsufficientCapacity",
-                      message="needs 2 workers, 1 fits")
+    plan = pl.JobPlan(
+        key="ns/j",
+        admitted=False,
+        workers=(),
+        reason="InsufficientCapacity",
+        message="needs 2 workers, 1 fits",
+    )
     out = r.reconcile_job(job, [], plan, settings, NOW)
     assert out.apply == [] and out.delete == []
     assert out.status["phase"] == "Pending"
@@ -128,7 +152,9 @@ def test_waiting_job_creates_nothing_and_says_why(settings, make_job):
 
 def test_stalled_job_creates_nothing(settings, make_job):
     job = make_job()
-    out = r.reconcile_job(job, [], None, settings, NOW, stall=r.Stall("NoMatchingNodes", "spec.accelerators[0].type: ..."))
+    out = r.reconcile_job(
+        job, [], None, settings, NOW, stall=r.Stall("NoMatchingNodes", "spec.accelerators[0].type: ...")
+    )
     assert out.apply == [] and out.delete == []
     conds = {x["type"]: x for x in out.status["conditions"]}
     assert conds["Stalled"]["status"] == "True" and conds["Stalled"]["reason"] == "NoMatchingNodes"
@@ -140,16 +166,19 @@ def test_suspend_deletes_workers_and_resume_replans(settings, make_job):
     pods = [running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings)]
     out = r.reconcile_job(job, pods, None, settings, NOW)
     assert out.status["phase"] == "Suspended" and out.delete == [("j-worker-0", "pod-0", "Suspended")]
-    resumed = r.reconcile_job(make_job(status=out.status), [], admitted(("n1", "nvidia-a100"), ("n2", "nvidia-a100")),
-                              settings, NOW)
+    resumed = r.reconcile_job(
+        make_job(status=out.status), [], admitted(("n1", "nvidia-a100"), ("n2", "nvidia-a100")), settings, NOW
+    )
     assert any(e[1] == "Resumed" for e in resumed.events)
     assert len(resumed.apply) == 4
 
 
 def test_success_when_all_workers_complete(settings, make_job):
     job = make_job(ttlSecondsAfterFinished=0)
-    pods = [running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings, phase="Succeeded"),
-            running(job, 1, "nvidia-a100", "n2", "127.1.0.2", settings, phase="Succeeded")]
+    pods = [
+        running(job, 0, "nvidia-a100", "n1", "127.1.0.1", settings, phase="Succeeded"),
+        running(job, 1, "nvidia-a100", "n2", "127.1.0.2", settings, phase="Succeeded"),
+    ]
     out = r.reconcile_job(job, pods, admitted(), settings, NOW)
     assert out.status["phase"] == "Succeeded" and out.status["completionTime"]
     done = r.reconcile_job(make_job(status=out.status, ttlSecondsAfterFinished=0), pods, None, settings, NOW)
@@ -160,10 +189,21 @@ def test_pod_the_scheduler_cannot_bind_is_replanned(settings, make_job):
     job = make_job()
     pinned = worker_pod(job, 0, "nvidia-a100", settings, node="n1")
     pinned["metadata"]["uid"] = "pod-0"
-    pinned["status"] = {"phase": "Pending", "conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/9 nodes are available"}]}
+    pinned["status"] = {
+        "phase": "Pending",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/9 nodes are available",
+            }
+        ],
+    }
     assert r.current_slots([pinned]) == [], "not offered to the planner as a placed worker"
-    out = r.reconcile_job(job, [pinned], admitted(("n2", "nvidia-a100"), ("n3", "nvidia-a100")), settings, NOW)
+    out = r.reconcile_job(
+        job, [pinned], admitted(("n2", "nvidia-a100"), ("n3", "nvidia-a100")), settings, NOW
+    )
     assert ("j-worker-0", "pod-0", "Unschedulable") in out.delete
     assert any(e[1] == "Replanned" for e in out.events)
     created = {(p["metadata"]["name"], (p["spec"].get("affinity") or {}) != {}) for p in out.apply}
@@ -173,14 +213,20 @@ def test_pod_the_scheduler_cannot_bind_is_replanned(settings, make_job):
 def test_semantic_stalls_name_the_field(make_job):
     from heterotrain_operator.controller import pool_resources, semantic_stall
 
-    nodes = [{"metadata": {"name": "n1", "labels": {c.LABEL_ACCELERATOR: "nvidia-a100"}},
-              "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}}}]
+    nodes = [
+        {
+            "metadata": {"name": "n1", "labels": {c.LABEL_ACCELERATOR: "nvidia-a100"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8", "cpu": "96"}},
+        }
+    ]
     types = pool_resources(nodes)
     assert types == {"nvidia-a100": {"nvidia.com/gpu"}}
     missing = semantic_stall(make_job(), types)  # the job also names nvidia-h100, which no node has
     assert missing is not None and missing.reason == "NoMatchingNodes"
     assert missing.message.startswith("spec.accelerators[1].type")
-    wrong = semantic_stall(make_job(accelerators=[{"type": "nvidia-a100", "resourceName": "example.com/gpu"}]), types)
+    wrong = semantic_stall(
+        make_job(accelerators=[{"type": "nvidia-a100", "resourceName": "example.com/gpu"}]), types
+    )
     assert wrong is not None and wrong.reason == "UnknownResourceName"
     assert wrong.message.startswith("spec.accelerators[0].resourceName")
     assert semantic_stall(make_job(accelerators=[{"type": "nvidia-a100"}]), types) is None

@@ -46,7 +46,12 @@ class FakeLookup:
 
 
 LOOKUP = FakeLookup(
-    cms={"ns/cfg": {"data": {"mode": "fast", "path": "/data/in", "bad=key": "x"}, "binaryData": {"bin": b64("B")}}},
+    cms={
+        "ns/cfg": {
+            "data": {"mode": "fast", "path": "/data/in", "bad=key": "x"},
+            "binaryData": {"bin": b64("B")},
+        }
+    },
     secrets={"ns/sec": {"data": {"password": b64("hunter2"), "user": b64("me")}}},
 )
 
@@ -54,11 +59,20 @@ LOOKUP = FakeLookup(
 def make_pod(**container: Any) -> JSON:
     c = {"name": "main", "image": "python:3.11", **container}
     return {
-        "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "x", "b": "2"},
-                     "annotations": {"note": 'say "hi"'}},
+        "metadata": {
+            "name": "p",
+            "namespace": "ns",
+            "uid": "u-1",
+            "labels": {"app": "x", "b": "2"},
+            "annotations": {"note": 'say "hi"'},
+        },
         "spec": {"nodeName": "node-a", "serviceAccountName": "sa1", "containers": [c]},
-        "status": {"podIP": "127.1.0.7", "podIPs": [{"ip": "127.1.0.7"}], "hostIP": "127.0.0.1",
-                   "hostIPs": [{"ip": "127.0.0.1"}]},
+        "status": {
+            "podIP": "127.1.0.7",
+            "podIPs": [{"ip": "127.1.0.7"}],
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+        },
     }
 
 
@@ -103,7 +117,10 @@ def test_env_order_expansion_and_sources() -> None:
             {"name": "BIN", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "bin"}}},
             {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
             {"name": "OPT", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
-            {"name": "OPT2", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nokey", "optional": True}}},
+            {
+                "name": "OPT2",
+                "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nokey", "optional": True}},
+            },
             {"name": "user", "value": "overridden"},
             {"name": "EMPTY"},
         ],
@@ -116,7 +133,13 @@ def test_env_order_expansion_and_sources() -> None:
     assert env["password"] == "hunter2"
     assert env["user"] == "overridden"
     assert env["B"] == "a-6443-$(LATER)-$(A)"  # only earlier variables expand
-    assert (env["POD"], env["IP"], env["MODE"], env["BIN"], env["PW"]) == ("p", "127.1.0.7", "fast", "B", "hunter2")
+    assert (env["POD"], env["IP"], env["MODE"], env["BIN"], env["PW"]) == (
+        "p",
+        "127.1.0.7",
+        "fast",
+        "B",
+        "hunter2",
+    )
     assert "OPT" not in env and "OPT2" not in env
     assert env["EMPTY"] == ""
     keys = list(env)
@@ -149,12 +172,22 @@ def test_resource_field_refs() -> None:
     assert resource_field_value(pod, "main", "limits.cpu", "1m", ALLOC) == "1500"
     assert resource_field_value(pod, "main", "requests.cpu", "1m", ALLOC) == "250"
     assert resource_field_value(pod, "main", "limits.memory", "1Mi", ALLOC) == "1024"
-    assert resource_field_value(pod, "main", "requests.memory", "1Mi", ALLOC) == "1024"  # defaults to the limit
+    assert (
+        resource_field_value(pod, "main", "requests.memory", "1Mi", ALLOC) == "1024"
+    )  # defaults to the limit
     bare = make_pod()
     assert resource_field_value(bare, "main", "limits.cpu", None, ALLOC) == "8"  # node allocatable
     assert resource_field_value(bare, "main", "requests.cpu", None, ALLOC) == "0"
-    env = env_of(make_pod(env=[{"name": "M", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory",
-                                                                                  "divisor": "1Gi"}}}]))
+    env = env_of(
+        make_pod(
+            env=[
+                {
+                    "name": "M",
+                    "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Gi"}},
+                }
+            ]
+        )
+    )
     assert env["M"] == "32"
     with pytest.raises(ConfigError):
         resource_field_value(bare, "main", "limits.gpu", None, ALLOC)
@@ -176,15 +209,40 @@ def test_volume_plan_all_kinds(tmp_path: Path) -> None:
             {"name": "allcfg", "configMap": {"name": "cfg", "defaultMode": 0o600}},
             {"name": "sec", "secret": {"secretName": "sec"}},
             {"name": "opt", "secret": {"secretName": "nope", "optional": True}},
-            {"name": "dw", "downwardAPI": {"items": [
-                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
-                {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
-                {"path": "cpu", "resourceFieldRef": {"containerName": "main", "resource": "limits.cpu"}}]}},
-            {"name": "kube-api-access-x", "projected": {"sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace",
-                                            "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}},
+            {
+                "name": "dw",
+                "downwardAPI": {
+                    "items": [
+                        {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                        {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                        {
+                            "path": "cpu",
+                            "resourceFieldRef": {"containerName": "main", "resource": "limits.cpu"},
+                        },
+                    ]
+                },
+            },
+            {
+                "name": "kube-api-access-x",
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}
+                                ]
+                            }
+                        },
+                    ]
+                },
+            },
             {"name": "host", "hostPath": {"path": str(tmp_path / "hostdir"), "type": "DirectoryOrCreate"}},
             {"name": "eph", "ephemeral": {"volumeClaimTemplate": {}}},
         ],
@@ -213,7 +271,12 @@ def test_volume_plan_all_kinds(tmp_path: Path) -> None:
     assert files[sa / "namespace"][0] == b"ns"
     assert plan.warnings and "kube-root-ca.crt" in plan.warnings[0]
     [tok] = plan.tokens
-    assert (tok.path, tok.service_account, tok.audience, tok.expiration_seconds) == (sa / "token", "sa1", None, 3607)
+    assert (tok.path, tok.service_account, tok.audience, tok.expiration_seconds) == (
+        sa / "token",
+        "sa1",
+        None,
+        3607,
+    )
 
     materialize(plan)
     assert (dirs.volume("cfg") / "conf" / "mode").read_text() == "fast"
@@ -231,16 +294,32 @@ def test_volume_plan_all_kinds(tmp_path: Path) -> None:
 def test_volume_errors(tmp_path: Path) -> None:
     dirs = PodDirs(tmp_path, "ns", "p", "u-1")
     with pytest.raises(VolumeError, match='configmap "gone" not found'):
-        plan_volumes(volume_pod([{"name": "c", "configMap": {"name": "gone"}}], []), dirs, LOOKUP,
-                     node_allocatable=ALLOC)
+        plan_volumes(
+            volume_pod([{"name": "c", "configMap": {"name": "gone"}}], []),
+            dirs,
+            LOOKUP,
+            node_allocatable=ALLOC,
+        )
     with pytest.raises(VolumeError, match="not supported"):
-        plan_volumes(volume_pod([{"name": "n", "nfs": {"server": "x", "path": "/"}}], []), dirs, LOOKUP,
-                     node_allocatable=ALLOC)
+        plan_volumes(
+            volume_pod([{"name": "n", "nfs": {"server": "x", "path": "/"}}], []),
+            dirs,
+            LOOKUP,
+            node_allocatable=ALLOC,
+        )
     with pytest.raises(VolumeError, match="key 'nokey' not found"):
-        plan_volumes(volume_pod([{"name": "c", "configMap": {"name": "cfg", "items": [{"key": "nokey", "path": "x"}]}}],
-                                []), dirs, LOOKUP, node_allocatable=ALLOC)
+        plan_volumes(
+            volume_pod(
+                [{"name": "c", "configMap": {"name": "cfg", "items": [{"key": "nokey", "path": "x"}]}}], []
+            ),
+            dirs,
+            LOOKUP,
+            node_allocatable=ALLOC,
+        )
     plan = plan_volumes(volume_pod([{"name": "v", "emptyDir": {}}], []), dirs, LOOKUP, node_allocatable=ALLOC)
     with pytest.raises(VolumeError, match="names no volume"):
         container_mounts({"volumeMounts": [{"name": "other", "mountPath": "/x"}]}, plan, {})
     with pytest.raises(VolumeError):
-        container_mounts({"volumeMounts": [{"name": "v", "mountPath": "/x", "subPath": "../escape"}]}, plan, {})
+        container_mounts(
+            {"volumeMounts": [{"name": "v", "mountPath": "/x", "subPath": "../escape"}]}, plan, {}
+        )

@@ -22,18 +22,27 @@ JSON = dict[str, Any]
 CFG = Config(backoff_base=10.0, backoff_max=40.0)
 
 
-def make_pod(containers: list[str] = ("main",), init: list[str] = (), policy: str = "Never",  # type: ignore[assignment]
-             **spec: Any) -> JSON:
+def make_pod(
+    containers: list[str] = ("main",),
+    init: list[str] = (),
+    policy: str = "Never",  # type: ignore[assignment]
+    **spec: Any,
+) -> JSON:
     return {
         "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "resourceVersion": "1"},
         "spec": {
-            "nodeName": "n", "restartPolicy": policy,
+            "nodeName": "n",
+            "restartPolicy": policy,
             "initContainers": [{"name": n, "image": "img"} for n in init],
             "containers": [{"name": n, "image": "img"} for n in containers],
             **spec,
         },
-        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True",
-                                                        "lastTransitionTime": "2024-01-01T00:00:00Z"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z"}
+            ],
+        },
     }
 
 
@@ -320,7 +329,9 @@ def test_start_and_config_errors() -> None:
     lc.on_config_error(s.st, "main", s.now, CFG, "CreateContainerConfigError", 'configmap "x" not found')
     st = stmod.build_pod_status(s.pod, s.st, s.now, "127.0.0.1")
     assert st["containerStatuses"][0]["state"]["waiting"] == {
-        "reason": "CreateContainerConfigError", "message": 'configmap "x" not found'}
+        "reason": "CreateContainerConfigError",
+        "message": 'configmap "x" not found',
+    }
     _, wake = lc.plan(s.st, s.pod, s.now, CFG)
     assert wake == s.now + CFG.config_retry
     lc.on_start_error(s.st, "main", s.now, CFG, "no such file")
@@ -333,11 +344,26 @@ def test_start_and_config_errors() -> None:
 def test_adopt_a_pod_whose_runner_restarted() -> None:
     pod = make_pod(["main"], init=["i1"], policy="Always")
     pod["status"] = {
-        "phase": "Running", "podIP": "127.1.0.9", "startTime": "2024-01-01T00:00:00Z",
-        "initContainerStatuses": [{"name": "i1", "restartCount": 0, "state": {"terminated": {
-            "exitCode": 0, "reason": "Completed", "finishedAt": "2024-01-01T00:00:01Z"}}}],
-        "containerStatuses": [{"name": "main", "restartCount": 2, "state": {"running": {
-            "startedAt": "2024-01-01T00:00:02Z"}}, "containerID": "process://42"}],
+        "phase": "Running",
+        "podIP": "127.1.0.9",
+        "startTime": "2024-01-01T00:00:00Z",
+        "initContainerStatuses": [
+            {
+                "name": "i1",
+                "restartCount": 0,
+                "state": {
+                    "terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": "2024-01-01T00:00:01Z"}
+                },
+            }
+        ],
+        "containerStatuses": [
+            {
+                "name": "main",
+                "restartCount": 2,
+                "state": {"running": {"startedAt": "2024-01-01T00:00:02Z"}},
+                "containerID": "process://42",
+            }
+        ],
     }
     st = lc.new_pod_state(pod)
     lc.adopt(st, pod, 5000.0, CFG)
@@ -377,8 +403,12 @@ def test_status_of_a_running_then_finished_pod() -> None:
     assert cs["state"] == {"running": {"startedAt": stmod.rfc3339(s.now)}}
     conds = {c["type"]: c for c in st["conditions"]}
     assert {k: v["status"] for k, v in conds.items()} == {
-        "PodReadyToStartContainers": "True", "Initialized": "True", "Ready": "True", "ContainersReady": "True",
-        "PodScheduled": "True"}
+        "PodReadyToStartContainers": "True",
+        "Initialized": "True",
+        "Ready": "True",
+        "ContainersReady": "True",
+        "PodScheduled": "True",
+    }
     assert conds["PodScheduled"]["lastTransitionTime"] == "2024-01-01T00:00:00Z"  # kept
     s.pod["status"] = st
     later = s.now + 100
@@ -388,8 +418,12 @@ def test_status_of_a_running_then_finished_pod() -> None:
     s.step()
     done = stmod.build_pod_status(s.pod, s.st, s.now, "127.0.0.1")
     conds = {c["type"]: c for c in done["conditions"]}
-    assert conds["Ready"] == {"type": "Ready", "status": "False", "reason": "PodCompleted",
-                              "lastTransitionTime": stmod.rfc3339(s.now)}
+    assert conds["Ready"] == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "PodCompleted",
+        "lastTransitionTime": stmod.rfc3339(s.now),
+    }
     term = done["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 0 and term["reason"] == "Completed" and term["containerID"] == "process://100"
     assert done["containerStatuses"][0]["ready"] is False
@@ -422,16 +456,18 @@ def test_crashloop_status_has_last_state() -> None:
     assert cs["restartCount"] == 1
 
 
-@pytest.mark.parametrize("existing", [None, {"metadata": {"name": "n1", "resourceVersion": "5"},
-                                             "spec": {"holderIdentity": "n1"}}])
+@pytest.mark.parametrize(
+    "existing", [None, {"metadata": {"name": "n1", "resourceVersion": "5"}, "spec": {"holderIdentity": "n1"}}]
+)
 def test_lease_body(existing: JSON | None) -> None:
     node = {"metadata": {"name": "n1", "uid": "node-uid"}}
     body = stmod.lease_body(node, 1700000000.25, 40, existing)
     assert body["spec"]["holderIdentity"] == "n1"
     assert body["spec"]["leaseDurationSeconds"] == 40
     assert body["spec"]["renewTime"] == "2023-11-14T22:13:20.250000Z"
-    assert body["metadata"]["ownerReferences"] == [{"apiVersion": "v1", "kind": "Node", "name": "n1",
-                                                    "uid": "node-uid"}]
+    assert body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "node-uid"}
+    ]
     if existing:
         assert body["metadata"]["resourceVersion"] == "5"
 
@@ -445,8 +481,9 @@ def test_node_status_patch_keeps_capacity_and_transition_times() -> None:
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2024-01-01T00:00:00Z"}],
         },
     }
-    patch = stmod.node_status_patch(node, 1e9, {"kubeletVersion": "v1.34.4"}, "127.0.0.1",
-                                    {"cpu": "64", "memory": "1Ki", "pods": "110"})["status"]
+    patch = stmod.node_status_patch(
+        node, 1e9, {"kubeletVersion": "v1.34.4"}, "127.0.0.1", {"cpu": "64", "memory": "1Ki", "pods": "110"}
+    )["status"]
     assert "capacity" not in patch and "allocatable" not in patch  # nothing dropped, nothing overridden
     conds = {c["type"]: c for c in patch["conditions"]}
     assert conds["Ready"]["status"] == "True"
@@ -454,13 +491,21 @@ def test_node_status_patch_keeps_capacity_and_transition_times() -> None:
     assert conds["Ready"]["lastHeartbeatTime"] == stmod.rfc3339(1e9)
     assert conds["MemoryPressure"]["status"] == "False"
     assert {"type": "InternalIP", "address": "127.0.0.1"} in patch["addresses"]
-    bare = stmod.node_status_patch({"metadata": {"name": "n2"}}, 1e9, {}, "127.0.0.1", {"cpu": "64"})["status"]
+    bare = stmod.node_status_patch({"metadata": {"name": "n2"}}, 1e9, {}, "127.0.0.1", {"cpu": "64"})[
+        "status"
+    ]
     assert bare["capacity"] == {"cpu": "64"} and bare["allocatable"] == {"cpu": "64"}
 
 
 def test_not_ready_taint_removal() -> None:
-    node = {"spec": {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
-                                {"key": "other", "effect": "NoSchedule"}]}}
+    node = {
+        "spec": {
+            "taints": [
+                {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+                {"key": "other", "effect": "NoSchedule"},
+            ]
+        }
+    }
     assert stmod.taints_without_not_ready(node) == [{"key": "other", "effect": "NoSchedule"}]
     assert stmod.taints_without_not_ready({"spec": {"taints": [{"key": "other"}]}}) is None
     assert stmod.taints_without_not_ready({}) is None

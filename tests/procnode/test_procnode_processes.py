@@ -70,8 +70,15 @@ class Exits:
 
 
 def start(tmp_path: Path, code: str, exits: Exits, env: dict[str, str] | None = None) -> ContainerProcess:
-    return ContainerProcess([sys.executable, "-c", code], env or {"PATH": os.defpath}, tmp_path,
-                            tmp_path / "c.log", tmp_path, ("ns/p", "c"), exits)
+    return ContainerProcess(
+        [sys.executable, "-c", code],
+        env or {"PATH": os.defpath},
+        tmp_path,
+        tmp_path / "c.log",
+        tmp_path,
+        ("ns/p", "c"),
+        exits,
+    )
 
 
 def test_exit_code_log_and_pid_file(tmp_path: Path) -> None:
@@ -85,9 +92,11 @@ def test_exit_code_log_and_pid_file(tmp_path: Path) -> None:
 
 def test_group_is_killed_when_main_process_ends(tmp_path: Path) -> None:
     exits = Exits()
-    code = ("import subprocess, sys, time; "
-            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-            "print(c.pid, flush=True); time.sleep(0.3)")
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print(c.pid, flush=True); time.sleep(0.3)"
+    )
     p = start(tmp_path, code, exits)
     wait_for(lambda: (tmp_path / "c.log").read_text().strip() != "")
     child = int((tmp_path / "c.log").read_text().split()[0])
@@ -107,8 +116,15 @@ def test_signal_reaches_the_group_and_reports_negative_rc(tmp_path: Path) -> Non
 
 def test_start_failure_raises(tmp_path: Path) -> None:
     with pytest.raises(OSError):
-        ContainerProcess(["definitely-not-a-command-xyz"], {"PATH": os.defpath}, tmp_path, tmp_path / "l.log",
-                         tmp_path, ("ns/p", "c"), Exits())
+        ContainerProcess(
+            ["definitely-not-a-command-xyz"],
+            {"PATH": os.defpath},
+            tmp_path,
+            tmp_path / "l.log",
+            tmp_path,
+            ("ns/p", "c"),
+            Exits(),
+        )
 
 
 def test_kill_leftovers_of_a_dead_runner(tmp_path: Path) -> None:

@@ -53,8 +53,16 @@ def test_mapping_for_looks_contexts_up_in_order() -> None:
 
 @pytest.mark.parametrize(
     ("q", "value"),
-    [("500m", Decimal("0.5")), ("2", Decimal(2)), ("1Gi", Decimal(2**30)), ("1k", Decimal(1000)),
-     ("1e3", Decimal(1000)), ("1.5", Decimal("1.5")), ("32Gi", Decimal(32 * 2**30)), ("100Mi", Decimal(100 * 2**20))],
+    [
+        ("500m", Decimal("0.5")),
+        ("2", Decimal(2)),
+        ("1Gi", Decimal(2**30)),
+        ("1k", Decimal(1000)),
+        ("1e3", Decimal(1000)),
+        ("1.5", Decimal("1.5")),
+        ("32Gi", Decimal(32 * 2**30)),
+        ("100Mi", Decimal(100 * 2**20)),
+    ],
 )
 def test_parse_quantity(q: str, value: Decimal) -> None:
     assert parse_quantity(q) == value
@@ -72,8 +80,14 @@ def test_ceil_div_as_the_downward_api() -> None:
     assert ceil_div(parse_quantity("1Gi"), parse_quantity("1Mi")) == 1024
 
 
-PM = PathMap.of([("/data", "/host/v/data"), ("/data/sub", "/host/v/sub"), ("/etc/cfg/", "/host/v/cfg"),
-                 ("/var/run/secrets/kubernetes.io/serviceaccount", "/host/sa")])
+PM = PathMap.of(
+    [
+        ("/data", "/host/v/data"),
+        ("/data/sub", "/host/v/sub"),
+        ("/etc/cfg/", "/host/v/cfg"),
+        ("/var/run/secrets/kubernetes.io/serviceaccount", "/host/sa"),
+    ]
+)
 
 
 @pytest.mark.parametrize(
@@ -131,16 +145,29 @@ def test_pod_dirs_layout(tmp_path: Path) -> None:
 def test_kubeconfig_round_trip(tmp_path: Path) -> None:
     ca = b"-----BEGIN CERTIFICATE-----\nabc\n-----END CERTIFICATE-----\n"
     kc = tmp_path / "kubeconfig"
-    kc.write_text(yaml.safe_dump({
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443",
-                                                "certificate-authority-data": base64.b64encode(ca).decode()}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "admin"}}],
-        "current-context": "x",
-        "users": [{"name": "admin", "user": {"token": "t"}}],
-    }))
+    kc.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": "https://127.0.0.1:6443",
+                            "certificate-authority-data": base64.b64encode(ca).decode(),
+                        },
+                    }
+                ],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "admin"}}],
+                "current-context": "x",
+                "users": [{"name": "admin", "user": {"token": "t"}}],
+            }
+        )
+    )
     api = read_api_server(kc)
     assert (api.server, api.host, api.port, api.ca_pem) == ("https://127.0.0.1:6443", "127.0.0.1", 6443, ca)
-    out = yaml.safe_load(service_account_kubeconfig(api, tmp_path / "sa" / "token", "ns1", "system:serviceaccount:ns1:d"))
+    out = yaml.safe_load(
+        service_account_kubeconfig(api, tmp_path / "sa" / "token", "ns1", "system:serviceaccount:ns1:d")
+    )
     assert out["users"][0]["user"] == {"tokenFile": str(tmp_path / "sa" / "token")}
     assert out["contexts"][0]["context"]["namespace"] == "ns1"
     assert base64.b64decode(out["clusters"][0]["cluster"]["certificate-authority-data"]) == ca
@@ -149,8 +176,17 @@ def test_kubeconfig_round_trip(tmp_path: Path) -> None:
 def test_kubeconfig_with_ca_file(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_bytes(b"CA")
     kc = tmp_path / "kubeconfig"
-    kc.write_text(yaml.safe_dump({
-        "clusters": [{"name": "c", "cluster": {"server": "https://localhost", "certificate-authority": "ca.crt"}}],
-    }))
+    kc.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": "https://localhost", "certificate-authority": "ca.crt"},
+                    }
+                ],
+            }
+        )
+    )
     api = read_api_server(kc)
     assert (api.port, api.ca_pem) == (443, b"CA")

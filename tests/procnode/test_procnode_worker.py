@@ -106,18 +106,23 @@ class FakeAPI:
             return copy.deepcopy(self.pod.get("status") or {})
 
 
-NODE = {"metadata": {"name": "node-a", "annotations": {"heterotrain.io/emulated-speed": "2.0"}},
-        "status": {"allocatable": {"cpu": "8", "memory": "32Gi"}}}
+NODE = {
+    "metadata": {"name": "node-a", "annotations": {"heterotrain.io/emulated-speed": "2.0"}},
+    "status": {"allocatable": {"cpu": "8", "memory": "32Gi"}},
+}
 
 
 def make_pod(code: str, policy: str = "Never", grace: int = 30, **container: Any) -> JSON:
     return {
         "metadata": {"name": "p", "namespace": "ns", "uid": "uid-1", "labels": {"app": "x"}},
         "spec": {
-            "nodeName": "node-a", "restartPolicy": policy, "serviceAccountName": "default",
+            "nodeName": "node-a",
+            "restartPolicy": policy,
+            "serviceAccountName": "default",
             "terminationGracePeriodSeconds": grace,
-            "containers": [{"name": "main", "image": "python:3.11",
-                            "command": ["python", "-c", code], **container}],
+            "containers": [
+                {"name": "main", "image": "python:3.11", "command": ["python", "-c", code], **container}
+            ],
         },
         "status": {"phase": "Pending"},
     }
@@ -174,9 +179,13 @@ def harness_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_runs_to_success_and_reports_status(harness_factory) -> None:  # type: ignore[no-untyped-def]
-    code = ("import os; print(os.environ['HETEROTRAIN_EMULATED_SPEED'], os.environ['HOSTNAME'], "
-            "os.environ['POD_IP'], os.environ['KUBECONFIG'].endswith('main.yaml'))")
-    h = harness_factory(make_pod(code, env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]))
+    code = (
+        "import os; print(os.environ['HETEROTRAIN_EMULATED_SPEED'], os.environ['HOSTNAME'], "
+        "os.environ['POD_IP'], os.environ['KUBECONFIG'].endswith('main.yaml'))"
+    )
+    h = harness_factory(
+        make_pod(code, env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}])
+    )
     h.api.conflicts = 1  # the first status update meets a conflict and is retried
     wait_for(lambda: h.phase() == "Succeeded")
     st = h.api.status()
@@ -194,9 +203,11 @@ def test_runs_to_success_and_reports_status(harness_factory) -> None:  # type: i
 
 
 def test_deletion_sigterm_then_delete_with_uid_precondition(harness_factory) -> None:  # type: ignore[no-untyped-def]
-    code = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGTERM, lambda *a: (print('TERM', flush=True), sys.exit(0)))\n"
-            "print('up', flush=True); time.sleep(60)")
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('TERM', flush=True), sys.exit(0)))\n"
+        "print('up', flush=True); time.sleep(60)"
+    )
     h = harness_factory(make_pod(code))
     wait_for(lambda: h.phase() == "Running" and "up" in (h.root / "main.log").read_text())
     pid = int(h.api.status()["containerStatuses"][0]["containerID"].removeprefix("process://"))
@@ -247,10 +258,19 @@ def test_restart_on_failure_with_backoff(harness_factory) -> None:  # type: igno
 
 
 def test_missing_configmap_waits_then_starts(harness_factory) -> None:  # type: ignore[no-untyped-def]
-    pod = make_pod("print('ok')", env=[{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "k"}}}])
+    pod = make_pod(
+        "print('ok')", env=[{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "k"}}}]
+    )
     h = harness_factory(pod)
-    wait_for(lambda: (h.api.status().get("containerStatuses") or [{}])[0].get("state", {}).get("waiting", {})
-             .get("reason") == "CreateContainerConfigError")
+    wait_for(
+        lambda: (
+            (h.api.status().get("containerStatuses") or [{}])[0]
+            .get("state", {})
+            .get("waiting", {})
+            .get("reason")
+            == "CreateContainerConfigError"
+        )
+    )
     assert h.phase() == "Pending"
     h.api.configmaps["late"] = {"data": {"k": "v"}}
     wait_for(lambda: h.phase() == "Succeeded")

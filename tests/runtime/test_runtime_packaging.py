@@ -85,7 +85,9 @@ def test_parse_pools() -> None:
         ("amd-mi300x", 1),
     ]
     assert pools[0].speed == contract.DEFAULT_RELATIVE_THROUGHPUT["nvidia-a100"] == 1.0
-    assert pools[1].speed == contract.DEFAULT_RELATIVE_THROUGHPUT["huawei-ascend-910b"] and pools[2].speed == 2.5
+    assert (
+        pools[1].speed == contract.DEFAULT_RELATIVE_THROUGHPUT["huawei-ascend-910b"] and pools[2].speed == 2.5
+    )
     for bad in ("", "nvidia-a100", "x:0"):
         with pytest.raises(ValueError):
             parse_pools(bad)

@@ -117,8 +117,13 @@ class _Starter:
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.d / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.d, start_new_session=True, env=env,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.d,
+            start_new_session=True,
+            env=env,
         )
         log.close()
         self.procs[name] = proc
@@ -151,7 +156,9 @@ class _Starter:
             except Exception:
                 pass
             if time.monotonic() > deadline:
-                raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}; see {self.d}/logs/{name}.log")
+                raise ClusterError(
+                    f"timed out after {timeout:.0f}s waiting for {what}; see {self.d}/logs/{name}.log"
+                )
             time.sleep(0.2)
 
 
@@ -163,10 +170,16 @@ def _https_get(url: str, ctx: ssl.SSLContext, timeout: float = 2.0) -> tuple[int
         return int(e.code), bytes(e.read())
 
 
-def _kubectl(tc: toolchain.Toolchain, kubeconfig: Path, *args: str, input: str | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([tc.path("kubectl"), "--kubeconfig", str(kubeconfig), *args],
-                          input=input, text=True, capture_output=True, timeout=120)
+def _kubectl(
+    tc: toolchain.Toolchain, kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [tc.path("kubectl"), "--kubeconfig", str(kubeconfig), *args],
+        input=input,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
     if check and proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc
@@ -199,12 +212,21 @@ def up(
     for sub in ("etcd", "procnode", "kwok"):
         shutil.rmtree(d / sub, ignore_errors=True)
     ports = {
-        "etcd": _free_port(), "etcd-peer": _free_port(), "apiserver": apiserver_port or _free_port(),
-        "controller-manager": _free_port(), "scheduler": _free_port(), "kwok": _free_port(),
+        "etcd": _free_port(),
+        "etcd-peer": _free_port(),
+        "apiserver": apiserver_port or _free_port(),
+        "controller-manager": _free_port(),
+        "scheduler": _free_port(),
+        "kwok": _free_port(),
     }
     server = f"https://127.0.0.1:{ports['apiserver']}"
-    state: dict[str, Any] = {"ports": ports, "server": server, "profile": str(profile_path.resolve()),
-                             "pids": {}, "started": time.time()}
+    state: dict[str, Any] = {
+        "ports": ports,
+        "server": server,
+        "profile": str(profile_path.resolve()),
+        "pids": {},
+        "started": time.time(),
+    }
     _write_state(d, state)
     p = pkimod.generate(d / "pki")
     kubeconfig = d / "kubeconfig"
@@ -216,89 +238,170 @@ def up(
     try:
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
-        s.start("etcd", [
-            tc.path("etcd"), "--name=default", f"--data-dir={d / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=default={peer_url}", "--unsafe-no-fsync", "--log-level=warn",
-            "--quota-backend-bytes=4294967296", "--listen-metrics-urls=",
-        ])
-        s.wait("etcd", "etcd to be healthy",
-               lambda: b'"health":"true"' in urllib.request.urlopen(etcd_url + "/health", timeout=1).read(),
-               timeout)
+        s.start(
+            "etcd",
+            [
+                tc.path("etcd"),
+                "--name=default",
+                f"--data-dir={d / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--quota-backend-bytes=4294967296",
+                "--listen-metrics-urls=",
+            ],
+        )
+        s.wait(
+            "etcd",
+            "etcd to be healthy",
+            lambda: b'"health":"true"' in urllib.request.urlopen(etcd_url + "/health", timeout=1).read(),
+            timeout,
+        )
 
-        s.start("kube-apiserver", [
-            tc.path("kube-apiserver"), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
-            f"--tls-cert-file={p.serving_crt}", f"--tls-private-key-file={p.serving_key}",
-            f"--client-ca-file={p.ca_crt}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={p.sa_pub}", f"--service-account-signing-key-file={p.sa_key}",
-            "--api-audiences=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--allow-privileged=true", "--profiling=false", f"--cert-dir={d / 'pki'}",
-            "--enable-priority-and-fairness=false", "--event-ttl=1h",
-        ])
+        s.start(
+            "kube-apiserver",
+            [
+                tc.path("kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--tls-cert-file={p.serving_crt}",
+                f"--tls-private-key-file={p.serving_key}",
+                f"--client-ca-file={p.ca_crt}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={p.sa_pub}",
+                f"--service-account-signing-key-file={p.sa_key}",
+                "--api-audiences=https://kubernetes.default.svc.cluster.local",
+                "--authorization-mode=Node,RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                f"--cert-dir={d / 'pki'}",
+                "--enable-priority-and-fairness=false",
+                "--event-ttl=1h",
+            ],
+        )
         ctx = ssl.create_default_context(cafile=str(p.ca_crt))
         ctx.load_cert_chain(*map(str, p.client("admin")))
-        s.wait("kube-apiserver", "kube-apiserver /readyz",
-               lambda: _https_get(server + "/readyz", ctx) == (200, b"ok"), timeout)
+        s.wait(
+            "kube-apiserver",
+            "kube-apiserver /readyz",
+            lambda: _https_get(server + "/readyz", ctx) == (200, b"ok"),
+            timeout,
+        )
 
-        s.start("kube-controller-manager", [
-            tc.path("kube-controller-manager"), f"--kubeconfig={d / 'controller-manager.kubeconfig'}",
-            f"--authentication-kubeconfig={d / 'controller-manager.kubeconfig'}",
-            f"--authorization-kubeconfig={d / 'controller-manager.kubeconfig'}",
-            f"--service-account-private-key-file={p.sa_key}", f"--root-ca-file={p.ca_crt}",
-            f"--cluster-signing-cert-file={p.ca_crt}", f"--cluster-signing-key-file={p.ca_key}",
-            "--use-service-account-credentials=true", "--leader-elect=false",
-            "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
-            "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
-            "--concurrent-gc-syncs=5", "--profiling=false",
-            # The simulated kubelets (kwok, the process runner) renew node leases from one loaded
-            # 2-core machine; under heavy test load a renewal can be late, and the default 50s grace
-            # then flaps nodes NotReady.  Real node failure is still detected, 40s later.
-            "--node-monitor-grace-period=90s",
-        ])
-        s.start("kube-scheduler", [
-            tc.path("kube-scheduler"), f"--kubeconfig={d / 'scheduler.kubeconfig'}",
-            f"--authentication-kubeconfig={d / 'scheduler.kubeconfig'}",
-            f"--authorization-kubeconfig={d / 'scheduler.kubeconfig'}",
-            "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
-            "--profiling=false",
-        ])
+        s.start(
+            "kube-controller-manager",
+            [
+                tc.path("kube-controller-manager"),
+                f"--kubeconfig={d / 'controller-manager.kubeconfig'}",
+                f"--authentication-kubeconfig={d / 'controller-manager.kubeconfig'}",
+                f"--authorization-kubeconfig={d / 'controller-manager.kubeconfig'}",
+                f"--service-account-private-key-file={p.sa_key}",
+                f"--root-ca-file={p.ca_crt}",
+                f"--cluster-signing-cert-file={p.ca_crt}",
+                f"--cluster-signing-key-file={p.ca_key}",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['controller-manager']}",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
+                "--concurrent-gc-syncs=5",
+                "--profiling=false",
+                # The simulated kubelets (kwok, the process runner) renew node leases from one loaded
+                # 2-core machine; under heavy test load a renewal can be late, and the default 50s grace
+                # then flaps nodes NotReady.  Real node failure is still detected, 40s later.
+                "--node-monitor-grace-period=90s",
+            ],
+        )
+        s.start(
+            "kube-scheduler",
+            [
+                tc.path("kube-scheduler"),
+                f"--kubeconfig={d / 'scheduler.kubeconfig'}",
+                f"--authentication-kubeconfig={d / 'scheduler.kubeconfig'}",
+                f"--authorization-kubeconfig={d / 'scheduler.kubeconfig'}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['scheduler']}",
+                "--profiling=false",
+            ],
+        )
 
         nodes = profilemod.node_manifests(prof)
         items = {"apiVersion": "v1", "kind": "List", "items": [*nodes, *shared_volumes(d)]}
-        _kubectl(tc, kubeconfig, "apply", "--server-side", "--field-manager=heterotrain-cluster", "-f", "-",
-                 input=json.dumps(items))
+        _kubectl(
+            tc,
+            kubeconfig,
+            "apply",
+            "--server-side",
+            "--field-manager=heterotrain-cluster",
+            "-f",
+            "-",
+            input=json.dumps(items),
+        )
         if any(n["metadata"]["annotations"].get(profilemod.KWOK_ANNOTATION) for n in nodes):
-            s.start("kwok", [
-                tc.path("kwok"), f"--kubeconfig={kubeconfig}",
-                f"--manage-nodes-with-annotation-selector={profilemod.KWOK_ANNOTATION}=fake",
-                f"--node-port={ports['kwok']}", "--server-address=127.0.0.1:" + str(_free_port()),
-                "--node-ip=127.0.0.1", "--node-name=kwok-controller", "--cidr=10.244.0.1/16",
-            ])
+            s.start(
+                "kwok",
+                [
+                    tc.path("kwok"),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--manage-nodes-with-annotation-selector={profilemod.KWOK_ANNOTATION}=fake",
+                    f"--node-port={ports['kwok']}",
+                    "--server-address=127.0.0.1:" + str(_free_port()),
+                    "--node-ip=127.0.0.1",
+                    "--node-name=kwok-controller",
+                    "--cidr=10.244.0.1/16",
+                ],
+            )
         procnodes = [n for n in nodes if n["metadata"]["labels"][profilemod.RUNNER_LABEL] == "process"]
         if procnodes and process_runner:
-            s.start("procnode", [
-                sys.executable, "-m", "heterotrain_e2e.procnode", f"--kubeconfig={kubeconfig}",
-                f"--state-dir={d / 'procnode'}", f"--label-selector={profilemod.RUNNER_LABEL}=process",
-                f"--python={sys.executable}", f"--pod-cidr={pod_cidr(d)}",
-            ], env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            s.start(
+                "procnode",
+                [
+                    sys.executable,
+                    "-m",
+                    "heterotrain_e2e.procnode",
+                    f"--kubeconfig={kubeconfig}",
+                    f"--state-dir={d / 'procnode'}",
+                    f"--label-selector={profilemod.RUNNER_LABEL}=process",
+                    f"--python={sys.executable}",
+                    f"--pod-cidr={pod_cidr(d)}",
+                ],
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
 
         expect_ready = len(nodes) if process_runner else len(nodes) - len(procnodes)
 
         def ready_nodes() -> bool:
-            out = _kubectl(tc, kubeconfig, "get", "nodes", "-o",
-                           "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
-                           check=False).stdout
+            out = _kubectl(
+                tc,
+                kubeconfig,
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+                check=False,
+            ).stdout
             return out.split().count("True") >= expect_ready
 
-        s.wait("kwok" if "kwok" in s.procs else "kube-controller-manager",
-               f"{expect_ready} nodes to be Ready", ready_nodes, timeout)
-        s.wait("kube-controller-manager", "the default service account",
-               lambda: _kubectl(tc, kubeconfig, "get", "serviceaccount", "default", check=False).returncode == 0,
-               timeout)
+        s.wait(
+            "kwok" if "kwok" in s.procs else "kube-controller-manager",
+            f"{expect_ready} nodes to be Ready",
+            ready_nodes,
+            timeout,
+        )
+        s.wait(
+            "kube-controller-manager",
+            "the default service account",
+            lambda: _kubectl(tc, kubeconfig, "get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout,
+        )
         for name in ("kube-scheduler", "procnode"):
             proc = s.procs.get(name)
             if proc is not None and proc.poll() is not None:
@@ -319,13 +422,21 @@ def shared_volumes(d: Path, count: int = 16) -> list[dict[str, Any]]:
     whatever the volume says; these PVs only let the real PV controller bind claims,
     which the scheduler requires before it places a pod that uses one.
     """
-    return [{
-        "apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": f"shared-{i}", "labels": {"heterotrain.io/local-volume": "true"}},
-        "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
-                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
-                 "hostPath": {"path": str(d / "pv" / str(i)), "type": "DirectoryOrCreate"}},
-    } for i in range(count)]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"shared-{i}", "labels": {"heterotrain.io/local-volume": "true"}},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadWriteMany", "ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(d / "pv" / str(i)), "type": "DirectoryOrCreate"},
+            },
+        }
+        for i in range(count)
+    ]
 
 
 def pod_cidr(d: Path) -> str:

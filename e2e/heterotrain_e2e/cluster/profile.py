@@ -26,31 +26,68 @@ KWOK_TAINT_KEY = "kwok.x-k8s.io/node"
 
 # What each vendor's device plugin / feature discovery usually puts on a node.
 KNOWN_TYPES: dict[str, dict[str, Any]] = {
-    "nvidia-h100": {"resource": "nvidia.com/gpu", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559",
-        "nvidia.com/gpu.family": "hopper"}},
-    "nvidia-h200": {"resource": "nvidia.com/gpu", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-H200", "nvidia.com/gpu.memory": "143771",
-        "nvidia.com/gpu.family": "hopper"}},
-    "nvidia-a100": {"resource": "nvidia.com/gpu", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.memory": "81920",
-        "nvidia.com/gpu.family": "ampere"}},
-    "nvidia-h20": {"resource": "nvidia.com/gpu", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-H20", "nvidia.com/gpu.memory": "97871",
-        "nvidia.com/gpu.family": "hopper"}},
-    "nvidia-l40s": {"resource": "nvidia.com/gpu", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-L40S", "nvidia.com/gpu.memory": "46068",
-        "nvidia.com/gpu.family": "ada-lovelace"}},
-    "huawei-ascend-910b": {"resource": "huawei.com/Ascend910", "labels": {
-        "accelerator": "huawei-Ascend910", "node.kubernetes.io/npu.chip.name": "910B3"}},
-    "amd-mi300x": {"resource": "amd.com/gpu", "labels": {
-        "amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM", "amd.com/gpu.family": "AI",
-        "amd.com/gpu.vram": "192G"}},
-    "amd-mi250x": {"resource": "amd.com/gpu", "labels": {
-        "amd.com/gpu.product-name": "AMD_Instinct_MI250X", "amd.com/gpu.family": "AI"}},
+    "nvidia-h100": {
+        "resource": "nvidia.com/gpu",
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+            "nvidia.com/gpu.memory": "81559",
+            "nvidia.com/gpu.family": "hopper",
+        },
+    },
+    "nvidia-h200": {
+        "resource": "nvidia.com/gpu",
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-H200",
+            "nvidia.com/gpu.memory": "143771",
+            "nvidia.com/gpu.family": "hopper",
+        },
+    },
+    "nvidia-a100": {
+        "resource": "nvidia.com/gpu",
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+            "nvidia.com/gpu.memory": "81920",
+            "nvidia.com/gpu.family": "ampere",
+        },
+    },
+    "nvidia-h20": {
+        "resource": "nvidia.com/gpu",
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-H20",
+            "nvidia.com/gpu.memory": "97871",
+            "nvidia.com/gpu.family": "hopper",
+        },
+    },
+    "nvidia-l40s": {
+        "resource": "nvidia.com/gpu",
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-L40S",
+            "nvidia.com/gpu.memory": "46068",
+            "nvidia.com/gpu.family": "ada-lovelace",
+        },
+    },
+    "huawei-ascend-910b": {
+        "resource": "huawei.com/Ascend910",
+        "labels": {"accelerator": "huawei-Ascend910", "node.kubernetes.io/npu.chip.name": "910B3"},
+    },
+    "amd-mi300x": {
+        "resource": "amd.com/gpu",
+        "labels": {
+            "amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM",
+            "amd.com/gpu.family": "AI",
+            "amd.com/gpu.vram": "192G",
+        },
+    },
+    "amd-mi250x": {
+        "resource": "amd.com/gpu",
+        "labels": {"amd.com/gpu.product-name": "AMD_Instinct_MI250X", "amd.com/gpu.family": "AI"},
+    },
 }
-COUNT_LABEL = {"nvidia.com/gpu": "nvidia.com/gpu.count", "amd.com/gpu": "amd.com/gpu.count",
-               "huawei.com/Ascend910": "huawei.com/npu.count"}
+COUNT_LABEL = {
+    "nvidia.com/gpu": "nvidia.com/gpu.count",
+    "amd.com/gpu": "amd.com/gpu.count",
+    "huawei.com/Ascend910": "huawei.com/npu.count",
+}
 
 
 class ProfileError(ValueError):
@@ -211,18 +248,28 @@ def node_manifests(profile: Profile) -> list[dict[str, Any]]:
             capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
             if pool.accelerators_per_node:
                 capacity[pool.resource_name] = str(pool.accelerators_per_node)
-            nodes.append({
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": name, "labels": labels, "annotations": annotations},
-                "spec": {"taints": taints} if taints else {},
-                "status": {
-                    "capacity": capacity,
-                    "allocatable": dict(capacity),
-                    "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
-                                 "containerRuntimeVersion": pool.runner, "kubeProxyVersion": "fake",
-                                 "machineID": name, "systemUUID": name, "bootID": name,
-                                 "kernelVersion": "fake", "osImage": f"heterotrain {pool.runner} node"},
-                },
-            })
+            nodes.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": name, "labels": labels, "annotations": annotations},
+                    "spec": {"taints": taints} if taints else {},
+                    "status": {
+                        "capacity": capacity,
+                        "allocatable": dict(capacity),
+                        "nodeInfo": {
+                            "architecture": "amd64",
+                            "operatingSystem": "linux",
+                            "kubeletVersion": "fake",
+                            "containerRuntimeVersion": pool.runner,
+                            "kubeProxyVersion": "fake",
+                            "machineID": name,
+                            "systemUUID": name,
+                            "bootID": name,
+                            "kernelVersion": "fake",
+                            "osImage": f"heterotrain {pool.runner} node",
+                        },
+                    },
+                }
+            )
     return nodes

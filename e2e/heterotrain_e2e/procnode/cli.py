@@ -24,39 +24,89 @@ from .runner import Runner, RunnerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m heterotrain_e2e.procnode", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m heterotrain_e2e.procnode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--kubeconfig", required=True, type=Path, help="kubeconfig of the cluster (admin)")
-    ap.add_argument("--state-dir", required=True, type=Path,
-                    help="where pid files, pod directories/logs, PVC directories and ipam.json live")
-    ap.add_argument("--label-selector", default="heterotrain.io/runner=process",
-                    help="the nodes to play the kubelet for (default: %(default)s)")
-    ap.add_argument("--node", dest="nodes", action="append", default=[], metavar="NAME",
-                    help="serve only these nodes among the selected ones (repeatable)")
-    ap.add_argument("--python", default=sys.executable,
-                    help="the interpreter whose bin dir goes first on the pods' PATH (default: this one)")
-    ap.add_argument("--restart-backoff-base", type=float, default=10.0, metavar="SECONDS",
-                    help="container restart backoff: first delay, doubled each time (kubelet: 10)")
-    ap.add_argument("--restart-backoff-max", type=float, default=300.0, metavar="SECONDS",
-                    help="container restart backoff cap (kubelet: 300)")
-    ap.add_argument("--lease-interval", type=float, default=10.0, metavar="SECONDS",
-                    help="how often node Leases are renewed (default: %(default)s)")
+    ap.add_argument(
+        "--state-dir",
+        required=True,
+        type=Path,
+        help="where pid files, pod directories/logs, PVC directories and ipam.json live",
+    )
+    ap.add_argument(
+        "--label-selector",
+        default="heterotrain.io/runner=process",
+        help="the nodes to play the kubelet for (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--node",
+        dest="nodes",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve only these nodes among the selected ones (repeatable)",
+    )
+    ap.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter whose bin dir goes first on the pods' PATH (default: this one)",
+    )
+    ap.add_argument(
+        "--restart-backoff-base",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="container restart backoff: first delay, doubled each time (kubelet: 10)",
+    )
+    ap.add_argument(
+        "--restart-backoff-max",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="container restart backoff cap (kubelet: 300)",
+    )
+    ap.add_argument(
+        "--lease-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often node Leases are renewed (default: %(default)s)",
+    )
     ap.add_argument("--lease-duration", type=int, default=40, metavar="SECONDS")
-    ap.add_argument("--node-status-interval", type=float, default=30.0, metavar="SECONDS",
-                    help="how often node status (conditions, heartbeat) is posted (default: %(default)s)")
-    ap.add_argument("--shutdown-grace", type=float, default=5.0, metavar="SECONDS",
-                    help="on exit, SIGKILL pod processes still running this long after SIGTERM")
+    ap.add_argument(
+        "--node-status-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often node status (conditions, heartbeat) is posted (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on exit, SIGKILL pod processes still running this long after SIGTERM",
+    )
     ap.add_argument("--pod-cidr", default="127.1.0.0/16", help="loopback range pod IPs come from")
-    ap.add_argument("--pass-env", action="append", default=[], metavar="NAME",
-                    help="pass this variable of the runner's environment to every container (repeatable)")
+    ap.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable of the runner's environment to every container (repeatable)",
+    )
     ap.add_argument("--log-level", default=os.environ.get("PROCNODE_LOG_LEVEL", "INFO"))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s procnode %(threadName)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s procnode %(threadName)s: %(message)s"
+    )
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     log = logging.getLogger("heterotrain_e2e.procnode")
 
@@ -73,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_grace=args.shutdown_grace,
         pod_cidr=args.pod_cidr,
         extra_env={k: os.environ[k] for k in args.pass_env if k in os.environ},
-        lifecycle=lifecycle.Config(backoff_base=args.restart_backoff_base, backoff_max=args.restart_backoff_max),
+        lifecycle=lifecycle.Config(
+            backoff_base=args.restart_backoff_base, backoff_max=args.restart_backoff_max
+        ),
     )
     api = read_api_server(args.kubeconfig)
     rest = KubeREST(make_api_client(str(args.kubeconfig)))
@@ -87,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     pid_file = state_dir / "runner.pid"
     pid_file.write_text(f"{os.getpid()}\n")
-    log.info("process runner (fake kubelet for tests) serving nodes %r against %s; state in %s",
-             args.label_selector, api.server, state_dir)
+    log.info(
+        "process runner (fake kubelet for tests) serving nodes %r against %s; state in %s",
+        args.label_selector,
+        api.server,
+        state_dir,
+    )
     try:
         runner.run()
     finally:

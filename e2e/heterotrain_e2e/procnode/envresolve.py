@@ -100,9 +100,9 @@ def resource_field_value(
     if container is None:
         raise ConfigError(f"resourceFieldRef names unknown container {container_name!r}")
     kind, _, res = resource.partition(".")
-    if kind not in ("limits", "requests") or (res not in ("cpu", "memory", "ephemeral-storage") and not (
-        res.startswith("hugepages-")
-    )):
+    if kind not in ("limits", "requests") or (
+        res not in ("cpu", "memory", "ephemeral-storage") and not (res.startswith("hugepages-"))
+    ):
         raise ConfigError(f"unsupported resourceFieldRef resource {resource!r}")
     resources = container.get("resources") or {}
     raw = (resources.get(kind) or {}).get(res)
@@ -180,7 +180,10 @@ def resolve_env(
         elif "resourceFieldRef" in vf:
             ref = vf["resourceFieldRef"]
             env[name] = resource_field_value(
-                pod, ref.get("containerName") or container["name"], ref["resource"], ref.get("divisor"),
+                pod,
+                ref.get("containerName") or container["name"],
+                ref["resource"],
+                ref.get("divisor"),
                 node_allocatable,
             )
         elif "configMapKeyRef" in vf:
@@ -192,7 +195,7 @@ def resolve_env(
                     continue
                 if cm is None:
                     raise ConfigError(f'configmap "{ref["name"]}" not found')
-                raise ConfigError(f'couldn\'t find key {ref["key"]} in ConfigMap {ns}/{ref["name"]}')
+                raise ConfigError(f"couldn't find key {ref['key']} in ConfigMap {ns}/{ref['name']}")
             env[name] = value
         elif "secretKeyRef" in vf:
             ref = vf["secretKeyRef"]
@@ -203,7 +206,7 @@ def resolve_env(
                     continue
                 if sec is None:
                     raise ConfigError(f'secret "{ref["name"]}" not found')
-                raise ConfigError(f'couldn\'t find key {ref["key"]} in Secret {ns}/{ref["name"]}')
+                raise ConfigError(f"couldn't find key {ref['key']} in Secret {ns}/{ref['name']}")
             env[name] = _decode_secret(data)
         else:
             raise ConfigError(f"env var {name!r}: unsupported valueFrom {sorted(vf)}")

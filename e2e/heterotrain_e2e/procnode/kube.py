@@ -67,8 +67,11 @@ class KubeREST:
     def _url(self, path: str, query: dict[str, Any] | None) -> str:
         url = self._host + path
         if query:
-            clean = {k: ("true" if v is True else "false" if v is False else v)
-                     for k, v in query.items() if v is not None}
+            clean = {
+                k: ("true" if v is True else "false" if v is False else v)
+                for k, v in query.items()
+                if v is not None
+            }
             if clean:
                 url += "?" + urlencode(clean)
         return url
@@ -85,9 +88,13 @@ class KubeREST:
     ) -> JSON:
         data = None if body is None else json.dumps(body).encode()
         resp = self._pool.request(
-            method, self._url(path, query), body=data,
+            method,
+            self._url(path, query),
+            body=data,
             headers=self._headers(content_type if data is not None else None),
-            timeout=urllib3.Timeout(connect=10.0, read=timeout), preload_content=True, retries=False,
+            timeout=urllib3.Timeout(connect=10.0, read=timeout),
+            preload_content=True,
+            retries=False,
         )
         text = resp.data.decode("utf-8", "replace")
         if not 200 <= resp.status <= 299:
@@ -121,8 +128,12 @@ class KubeREST:
         """Stream watch events (``{"type", "object"}``) until the server ends the watch."""
         query = {**query, "watch": True, "timeoutSeconds": timeout_seconds, "allowWatchBookmarks": True}
         resp = self._pool.request(
-            "GET", self._url(path, query), headers=self._headers(),
-            timeout=urllib3.Timeout(connect=10.0, read=timeout_seconds + 30), preload_content=False, retries=False,
+            "GET",
+            self._url(path, query),
+            headers=self._headers(),
+            timeout=urllib3.Timeout(connect=10.0, read=timeout_seconds + 30),
+            preload_content=False,
+            retries=False,
         )
         try:
             if not 200 <= resp.status <= 299:

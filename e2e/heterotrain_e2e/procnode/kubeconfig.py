@@ -42,8 +42,13 @@ def read_api_server(kubeconfig: Path, context: str | None = None) -> ApiServer:
         if not p.is_absolute():
             p = kubeconfig.parent / p
         ca = p.read_bytes()
-    return ApiServer(server=server, host=u.hostname or "127.0.0.1", port=port, ca_pem=ca,
-                     insecure=bool(cluster.get("insecure-skip-tls-verify")))
+    return ApiServer(
+        server=server,
+        host=u.hostname or "127.0.0.1",
+        port=port,
+        ca_pem=ca,
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+    )
 
 
 def service_account_kubeconfig(api: ApiServer, token_file: Path, namespace: str, user: str) -> str:
@@ -58,7 +63,9 @@ def service_account_kubeconfig(api: ApiServer, token_file: Path, namespace: str,
         "kind": "Config",
         "clusters": [{"name": "cluster", "cluster": cluster}],
         "users": [{"name": user, "user": {"tokenFile": str(token_file)}}],
-        "contexts": [{"name": "pod", "context": {"cluster": "cluster", "user": user, "namespace": namespace}}],
+        "contexts": [
+            {"name": "pod", "context": {"cluster": "cluster", "user": user, "namespace": namespace}}
+        ],
         "current-context": "pod",
         "preferences": {},
     }

@@ -43,22 +43,37 @@ def _self_signed(cert: Path, key: Path, host: str) -> None:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "heterotrain-procnode")])
     now = datetime.datetime.now(datetime.UTC)
     c = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(k.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host)),
-                                                    x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .sign(k, hashes.SHA256())
     )
-    key.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    key.write_bytes(
+        k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     key.chmod(0o600)
     cert.write_bytes(c.public_bytes(serialization.Encoding.PEM))
 
 
 def find_log(state_dir: Path, namespace: str, pod: str, container: str, previous: bool) -> Path | None:
     """The log of the most recent pod of that name (pod dirs are ``<ns>_<name>_<uid>``)."""
-    dirs = [d for d in (state_dir / "pods").glob(f"{namespace}_{pod}_*") if d.name.split("_")[:2] == [namespace, pod]]
+    dirs = [
+        d
+        for d in (state_dir / "pods").glob(f"{namespace}_{pod}_*")
+        if d.name.split("_")[:2] == [namespace, pod]
+    ]
     if not dirs:
         return None
     d = max(dirs, key=lambda p: p.stat().st_mtime)
@@ -151,7 +166,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class KubeletAPI:
-    def __init__(self, state_dir: Path, is_running: IsRunning, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, state_dir: Path, is_running: IsRunning, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.state_dir = state_dir
         self.host = host
         self._srv = _Server((host, port), _Handler)

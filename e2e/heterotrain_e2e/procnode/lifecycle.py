@@ -193,15 +193,26 @@ def new_pod_state(pod: JSON) -> PodState:
     spec = pod["spec"]
     meta = pod["metadata"]
     init = [
-        Container(c["name"], c.get("image", ""), init=True, sidecar=c.get("restartPolicy") == "Always",
-                  reason="PodInitializing")
+        Container(
+            c["name"],
+            c.get("image", ""),
+            init=True,
+            sidecar=c.get("restartPolicy") == "Always",
+            reason="PodInitializing",
+        )
         for c in spec.get("initContainers") or []
     ]
     reason = "PodInitializing" if init else "ContainerCreating"
-    containers = [Container(c["name"], c.get("image", ""), reason=reason) for c in spec.get("containers") or []]
+    containers = [
+        Container(c["name"], c.get("image", ""), reason=reason) for c in spec.get("containers") or []
+    ]
     return PodState(
-        uid=meta["uid"], namespace=meta["namespace"], name=meta["name"],
-        restart_policy=spec.get("restartPolicy") or "Always", init=init, containers=containers,
+        uid=meta["uid"],
+        namespace=meta["namespace"],
+        name=meta["name"],
+        restart_policy=spec.get("restartPolicy") or "Always",
+        init=init,
+        containers=containers,
     )
 
 
@@ -280,8 +291,10 @@ def _record_exit(st: PodState, c: Container, t: Termination, now: float, cfg: Co
         c.restart_at = now + delay
         if delay > 0:
             c.reason = "CrashLoopBackOff"
-            c.message = (f"back-off {delay:g}s restarting failed container={c.name} "
-                         f"pod={st.name}_{st.namespace}({st.uid})")
+            c.message = (
+                f"back-off {delay:g}s restarting failed container={c.name} "
+                f"pod={st.name}_{st.namespace}({st.uid})"
+            )
         else:
             c.reason, c.message = "ContainerCreating", ""
     else:
@@ -300,8 +313,13 @@ def on_exited(st: PodState, name: str, returncode: int, now: float, cfg: Config,
     else:
         sig, code = None, returncode
     t = Termination(
-        exit_code=code, reason="Completed" if code == 0 else "Error", started_at=c.started_at,
-        finished_at=now, container_id=c.container_id, signal=sig, message=message,
+        exit_code=code,
+        reason="Completed" if code == 0 else "Error",
+        started_at=c.started_at,
+        finished_at=now,
+        container_id=c.container_id,
+        signal=sig,
+        message=message,
     )
     _record_exit(st, c, t, now, cfg)
 
@@ -335,8 +353,10 @@ def adopt(st: PodState, pod: JSON, now: float, cfg: Config) -> None:
         return
     st.pod_ip = status.get("podIP") or None
     st.start_time = parse_time(status.get("startTime"))
-    by_name = {cs.get("name"): cs for cs in [*(status.get("initContainerStatuses") or []),
-                                              *(status.get("containerStatuses") or [])]}
+    by_name = {
+        cs.get("name"): cs
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    }
     for c in st.all_containers():
         cs = by_name.get(c.name)
         if not cs:
@@ -352,7 +372,10 @@ def adopt(st: PodState, pod: JSON, now: float, cfg: Config) -> None:
             c.started_at = parse_time(state["running"].get("startedAt"))
             c.state = RUNNING  # for _record_exit: it ran and is gone now
             t = Termination(
-                exit_code=137, reason="ContainerStatusUnknown", started_at=c.started_at, finished_at=now,
+                exit_code=137,
+                reason="ContainerStatusUnknown",
+                started_at=c.started_at,
+                finished_at=now,
                 container_id=cs.get("containerID", ""),
                 message="The container could not be located when the process runner restarted",
             )
@@ -366,9 +389,13 @@ def adopt(st: PodState, pod: JSON, now: float, cfg: Config) -> None:
 
 def _termination_from(d: JSON) -> Termination:
     return Termination(
-        exit_code=int(d.get("exitCode", 0)), reason=str(d.get("reason", "")),
-        started_at=parse_time(d.get("startedAt")), finished_at=parse_time(d.get("finishedAt")) or 0.0,
-        container_id=str(d.get("containerID", "")), signal=d.get("signal"), message=str(d.get("message", "")),
+        exit_code=int(d.get("exitCode", 0)),
+        reason=str(d.get("reason", "")),
+        started_at=parse_time(d.get("startedAt")),
+        finished_at=parse_time(d.get("finishedAt")) or 0.0,
+        container_id=str(d.get("containerID", "")),
+        signal=d.get("signal"),
+        message=str(d.get("message", "")),
     )
 
 

@@ -231,8 +231,13 @@ class PodWorker:
                 c.term_sent = True
                 self._event(pod, "Normal", "Killing", f"Stopping container {action.name}", action.name)
             if proc is not None:
-                log.info("pod %s container %s: sending %s to process group %d", self.key, action.name,
-                         signal.Signals(action.sig).name, proc.pid)
+                log.info(
+                    "pod %s container %s: sending %s to process group %d",
+                    self.key,
+                    action.name,
+                    signal.Signals(action.sig).name,
+                    proc.pid,
+                )
                 proc.signal(action.sig)
         elif isinstance(action, lifecycle.DeletePod):
             self._delete(pod)
@@ -269,8 +274,13 @@ class PodWorker:
             self.dirs.root.mkdir(parents=True, exist_ok=True)
             self.dirs.work.mkdir(parents=True, exist_ok=True)
             view = self._pod_view(pod)
-            plan = plan_volumes(view, self.dirs, self._lookup, node_allocatable=self._node_allocatable(pod),
-                                root_ca=self.ctx.api.ca_pem)
+            plan = plan_volumes(
+                view,
+                self.dirs,
+                self._lookup,
+                node_allocatable=self._node_allocatable(pod),
+                root_ca=self.ctx.api.ca_pem,
+            )
             for w in plan.warnings:
                 log.warning("pod %s: %s", self.key, w)
             materialize(plan)
@@ -327,7 +337,12 @@ class PodWorker:
             "spec": {
                 "audiences": [t.audience] if t.audience else [],
                 "expirationSeconds": max(600, t.expiration_seconds),
-                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
             },
         }
         path = f"/api/v1/namespaces/{q(meta['namespace'])}/serviceaccounts/{q(t.service_account)}/token"
@@ -357,8 +372,13 @@ class PodWorker:
         view = self._pod_view(pod)
         assert self._vplan is not None
         try:
-            env = resolve_env(view, spec, self._lookup, service_env=self._service_env(),
-                              node_allocatable=self._node_allocatable(pod))
+            env = resolve_env(
+                view,
+                spec,
+                self._lookup,
+                service_env=self._service_env(),
+                node_allocatable=self._node_allocatable(pod),
+            )
             mounts = container_mounts(spec, self._vplan, env)
         except (ConfigError, VolumeError) as e:
             c = st.container(name)
@@ -376,15 +396,23 @@ class PodWorker:
         term_host.parent.mkdir(parents=True, exist_ok=True)
         term_host.write_bytes(b"")
         term_path = spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
-        pathmap = PathMap.of([*((m.mount_path, str(m.host_path)) for m in mounts), (term_path, str(term_host))])
+        pathmap = PathMap.of(
+            [*((m.mount_path, str(m.host_path)) for m in mounts), (term_path, str(term_host))]
+        )
 
         mapping = mapping_for(env)
         command = [pathmap.rewrite(expand(str(x), mapping)) for x in spec.get("command") or []]
         args = [pathmap.rewrite(expand(str(x), mapping)) for x in spec.get("args") or []]
         argv = command + args
         if not argv:
-            lifecycle.on_start_error(st, name, now, cfg, "the container has no command: the process runner does "
-                                     "not pull images, so an image's entrypoint is unknown; set command/args")
+            lifecycle.on_start_error(
+                st,
+                name,
+                now,
+                cfg,
+                "the container has no command: the process runner does "
+                "not pull images, so an image's entrypoint is unknown; set command/args",
+            )
             return
         wd = spec.get("workingDir")
         cwd = Path(pathmap.resolve(wd) or self.dirs.rootfs(wd)) if wd else self.dirs.work
@@ -401,13 +429,19 @@ class PodWorker:
         if "PATH" in rewritten:
             proc_env["PATH"] = os.pathsep.join([self.ctx.python_bin_dir, rewritten["PATH"]])
         sa_dir = serviceaccount_dir(mounts) or (
-            self._own_sa_dir if pod["spec"].get("automountServiceAccountToken") is not False else None)
+            self._own_sa_dir if pod["spec"].get("automountServiceAccountToken") is not False else None
+        )
         if sa_dir is not None:
             kc = self.dirs.kubeconfig(name)
             sa = pod["spec"].get("serviceAccountName") or "default"
             user = f"system:serviceaccount:{pod['metadata']['namespace']}:{sa}"
-            write_file(kc, service_account_kubeconfig(self.ctx.api, sa_dir / "token",
-                                                      pod["metadata"]["namespace"], user).encode(), 0o600)
+            write_file(
+                kc,
+                service_account_kubeconfig(
+                    self.ctx.api, sa_dir / "token", pod["metadata"]["namespace"], user
+                ).encode(),
+                0o600,
+            )
             proc_env.setdefault("KUBECONFIG", str(kc))
             proc_env.setdefault(ENV_SERVICEACCOUNT_DIR, str(sa_dir))
 
@@ -416,7 +450,12 @@ class PodWorker:
             os.replace(log_path, self.dirs.previous_log(name))
         try:
             proc = ContainerProcess(
-                argv, proc_env, cwd, log_path, self.ctx.state_dir, (self.key, name),
+                argv,
+                proc_env,
+                cwd,
+                log_path,
+                self.ctx.state_dir,
+                (self.key, name),
                 on_exit=functools.partial(self._exited, name),
             )
         except OSError as e:
@@ -429,8 +468,14 @@ class PodWorker:
         self._procs[name] = proc
         proc_started = time.time()
         lifecycle.on_started(st, name, proc.pid, proc_started)
-        log.info("pod %s container %s: image %s (not pulled), pid %d: %s", self.key, name,
-                 spec.get("image", ""), proc.pid, argv)
+        log.info(
+            "pod %s container %s: image %s (not pulled), pid %d: %s",
+            self.key,
+            name,
+            spec.get("image", ""),
+            proc.pid,
+            argv,
+        )
         self._event(pod, "Normal", "Started", f"Started container {name} (process {proc.pid})", name)
 
     def _exited(self, name: str, pid: int, rc: int) -> None:
@@ -499,8 +544,12 @@ class PodWorker:
     def _delete(self, pod: JSON) -> None:
         self._push_status()
         ns, name = self.st.namespace, self.st.name
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
         try:
             self.ctx.rest.delete(pod_path(ns, name), body)
         except ApiError as e:
@@ -516,18 +565,29 @@ class PodWorker:
     def _event(self, pod: JSON, etype: str, reason: str, message: str, container: str | None = None) -> None:
         meta = pod["metadata"]
         now = status.rfc3339(time.time())
-        involved: JSON = {"apiVersion": "v1", "kind": "Pod", "namespace": meta["namespace"],
-                          "name": meta["name"], "uid": meta["uid"]}
+        involved: JSON = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+        }
         if container:
             inits = {c.get("name") for c in pod["spec"].get("initContainers") or []}
             kind = "initContainers" if container in inits else "containers"
             involved["fieldPath"] = f"spec.{kind}{{{container}}}"
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": involved, "reason": reason, "message": message, "type": etype,
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "type": etype,
             "source": {"component": self.ctx.component, "host": self.node},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
             self.ctx.rest.post(f"/api/v1/namespaces/{q(meta['namespace'])}/events", body)

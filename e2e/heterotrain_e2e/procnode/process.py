@@ -124,8 +124,14 @@ class ContainerProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
             self.popen = subprocess.Popen(
-                argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
+                argv,
+                env=env,
+                cwd=str(cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
             )
         self.pid = self.popen.pid
         self._state_dir = state_dir

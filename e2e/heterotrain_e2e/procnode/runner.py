@@ -69,9 +69,14 @@ class Runner:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.ipam = IPAllocator(cfg.state_dir / "ipam.json", cfg.pod_cidr)
         self.ctx = WorkerContext(
-            rest=rest, state_dir=cfg.state_dir, api=api,
+            rest=rest,
+            state_dir=cfg.state_dir,
+            api=api,
             python_bin_dir=os.path.dirname(os.path.abspath(cfg.python)),
-            ipam=self.ipam, cfg=cfg.lifecycle, node_lookup=self.node, host_ip=cfg.host_ip,
+            ipam=self.ipam,
+            cfg=cfg.lifecycle,
+            node_lookup=self.node,
+            host_ip=cfg.host_ip,
             extra_env=dict(cfg.extra_env),
         )
         self._node_info: dict[str, str] = {}
@@ -108,8 +113,11 @@ class Runner:
             workers = list(self._workers.values())
         deadline = time.time() + self.cfg.shutdown_grace
         if workers:
-            log.info("stopping %d pod worker(s): SIGTERM, SIGKILL after %.0fs", len(workers),
-                     self.cfg.shutdown_grace)
+            log.info(
+                "stopping %d pod worker(s): SIGTERM, SIGKILL after %.0fs",
+                len(workers),
+                self.cfg.shutdown_grace,
+            )
         for w in workers:
             w.shutdown(deadline)
         for w in workers:
@@ -177,8 +185,10 @@ class Runner:
                 self._renew_lease(node, now)
             except Exception as e:
                 log.warning("node %s: lease renewal failed: %s", name, e)
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                        for c in (node.get("status") or {}).get("conditions") or [])
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (node.get("status") or {}).get("conditions") or []
+            )
             if not ready or now - self._status_at.get(name, 0) >= self.cfg.node_status_interval:
                 try:
                     node = self._patch_node_status(node, now)
@@ -207,8 +217,9 @@ class Runner:
     def _patch_node_status(self, node: JSON, now: float) -> JSON:
         name = node["metadata"]["name"]
         port = self._kubelet_api.port if self._kubelet_api is not None else 0
-        patch = status.node_status_patch(node, now, self._node_info, self.cfg.host_ip, self._default_capacity(),
-                                         port)
+        patch = status.node_status_patch(
+            node, now, self._node_info, self.cfg.host_ip, self._default_capacity(), port
+        )
         return self.rest.patch(f"/api/v1/nodes/{q(name)}/status", patch, STRATEGIC_MERGE_PATCH)
 
     def _remove_not_ready_taint(self, node: JSON) -> None:
@@ -216,7 +227,10 @@ class Runner:
         if kept is None:
             return
         name = node["metadata"]["name"]
-        patch = {"metadata": {"resourceVersion": node["metadata"]["resourceVersion"]}, "spec": {"taints": kept}}
+        patch = {
+            "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+            "spec": {"taints": kept},
+        }
         try:
             updated = self.rest.patch(f"/api/v1/nodes/{q(name)}", patch)
             with self._lock:
@@ -258,8 +272,12 @@ class Runner:
                     with self._lock:
                         self._listed_uids[node] = uids
                         self._synced.add(node)
-                for ev in self.rest.watch("/api/v1/pods", fieldSelector=selector, resourceVersion=rv,
-                                          timeout_seconds=random.randint(240, 360)):
+                for ev in self.rest.watch(
+                    "/api/v1/pods",
+                    fieldSelector=selector,
+                    resourceVersion=rv,
+                    timeout_seconds=random.randint(240, 360),
+                ):
                     if self.stop_event.is_set():
                         return
                     etype, obj = ev.get("type"), ev.get("object") or {}
@@ -267,7 +285,9 @@ class Runner:
                         if obj.get("code") == 410:
                             rv = None
                             break
-                        raise ApiError(int(obj.get("code") or 500), str(obj.get("reason")), str(obj.get("message")))
+                        raise ApiError(
+                            int(obj.get("code") or 500), str(obj.get("reason")), str(obj.get("message"))
+                        )
                     new_rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if new_rv:
                         rv = str(new_rv)
@@ -320,8 +340,13 @@ class Runner:
                 return  # finished before we saw it: left as is
             w = PodWorker(self.ctx, pod, self._worker_finished)
             self._workers[uid] = w
-        log.info("pod %s/%s bound to %s: taking it (uid %s)", pod["metadata"]["namespace"],
-                 pod["metadata"]["name"], node, uid)
+        log.info(
+            "pod %s/%s bound to %s: taking it (uid %s)",
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            node,
+            uid,
+        )
         w.start()
 
     def _container_running(self, namespace: str, pod: str, container: str) -> bool:

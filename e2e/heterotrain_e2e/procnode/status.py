@@ -115,14 +115,22 @@ def pod_conditions(pod: JSON, st: PodState) -> list[JSON]:
     gates = [g.get("conditionType") for g in (pod.get("spec") or {}).get("readinessGates") or []]
     missing_gates = [g for g in gates if (old.get(g) or {}).get("status") != "True"]
     if containers_ready and missing_gates:
-        ready = _condition("Ready", False, "ReadinessGatesNotReady",
-                           f'corresponding condition of pod readiness gate "{missing_gates[0]}" does not exist.')
+        ready = _condition(
+            "Ready",
+            False,
+            "ReadinessGatesNotReady",
+            f'corresponding condition of pod readiness gate "{missing_gates[0]}" does not exist.',
+        )
     else:
         ready = _condition("Ready", containers_ready, ready_reason, ready_msg)
     ours = [
         _condition("PodReadyToStartContainers", st.sandbox_ready and not (st.terminal and not st.running())),
-        _condition("Initialized", initialized, "ContainersNotInitialized",
-                   f"containers with incomplete status: [{' '.join(incomplete)}]"),
+        _condition(
+            "Initialized",
+            initialized,
+            "ContainersNotInitialized",
+            f"containers with incomplete status: [{' '.join(incomplete)}]",
+        ),
         ready,
         _condition("ContainersReady", containers_ready, ready_reason, ready_msg),
     ]
@@ -173,8 +181,14 @@ NODE_CONDITIONS = (
 )
 
 
-def node_status_patch(node: JSON, now: float, node_info: Mapping[str, str], host_ip: str,
-                      default_capacity: Mapping[str, str], kubelet_port: int = 0) -> JSON:
+def node_status_patch(
+    node: JSON,
+    now: float,
+    node_info: Mapping[str, str],
+    host_ip: str,
+    default_capacity: Mapping[str, str],
+    kubelet_port: int = 0,
+) -> JSON:
     """A strategic-merge patch for ``nodes/status``: Ready & co., addresses, nodeInfo.
 
     Capacity and allocatable are left as created (extended resources included);
@@ -186,10 +200,16 @@ def node_status_patch(node: JSON, now: float, node_info: Mapping[str, str], host
     for ctype, value, reason, message in NODE_CONDITIONS:
         prev = old.get(ctype) or {}
         transition = prev.get("lastTransitionTime") if prev.get("status") == value else None
-        conditions.append({
-            "type": ctype, "status": value, "reason": reason, "message": message,
-            "lastHeartbeatTime": rfc3339(now), "lastTransitionTime": transition or rfc3339(now),
-        })
+        conditions.append(
+            {
+                "type": ctype,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": rfc3339(now),
+                "lastTransitionTime": transition or rfc3339(now),
+            }
+        )
     patch: JSON = {
         "conditions": conditions,
         # InternalIP only (the list replaced): the API server reaches the kubelet endpoint
@@ -222,14 +242,24 @@ def taints_without_not_ready(node: JSON) -> list[JSON] | None:
 def lease_body(node: JSON, now: float, duration: int, existing: JSON | None = None) -> JSON:
     """The node's Lease in ``kube-node-lease``: renewed, owned by the Node."""
     name = node["metadata"]["name"]
-    body: JSON = dict(existing) if existing else {
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": name, "namespace": "kube-node-lease"},
-    }
+    body: JSON = (
+        dict(existing)
+        if existing
+        else {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-node-lease"},
+        }
+    )
     meta = dict(body.get("metadata") or {})
-    meta["ownerReferences"] = [{
-        "apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"],
-    }]
+    meta["ownerReferences"] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "name": name,
+            "uid": node["metadata"]["uid"],
+        }
+    ]
     body["metadata"] = meta
     spec = dict(body.get("spec") or {})
     spec.update({"holderIdentity": name, "leaseDurationSeconds": duration, "renewTime": micro_time(now)})

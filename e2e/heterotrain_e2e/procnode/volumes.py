@@ -97,7 +97,9 @@ def _config_map_files(
     name = src.get("name", "")
     cm = lookup.config_map(ns, name)
     if cm is None and name == ROOT_CA_CONFIGMAP and root_ca is not None:
-        plan.warnings.append(f"configmap {ns}/{name} not found; using the API server's CA from the runner's kubeconfig")
+        plan.warnings.append(
+            f"configmap {ns}/{name} not found; using the API server's CA from the runner's kubeconfig"
+        )
         cm = {"data": {"ca.crt": root_ca.decode()}}
     if cm is None:
         if src.get("optional"):
@@ -175,16 +177,21 @@ def plan_volumes(
         elif "configMap" in vol:
             host = dirs.volume(name)
             src = vol["configMap"]
-            files = _config_map_files(ns, src, lookup, int(src.get("defaultMode", DEFAULT_MODE)), root_ca, plan)
+            files = _config_map_files(
+                ns, src, lookup, int(src.get("defaultMode", DEFAULT_MODE)), root_ca, plan
+            )
         elif "secret" in vol:
             host = dirs.volume(name)
             src = vol["secret"]
-            files = _secret_files(ns, src.get("secretName", ""), src, lookup, int(src.get("defaultMode", DEFAULT_MODE)))
+            files = _secret_files(
+                ns, src.get("secretName", ""), src, lookup, int(src.get("defaultMode", DEFAULT_MODE))
+            )
         elif "downwardAPI" in vol:
             host = dirs.volume(name)
             src = vol["downwardAPI"]
-            files = _downward_files(pod, src.get("items") or [], int(src.get("defaultMode", DEFAULT_MODE)),
-                                    node_allocatable)
+            files = _downward_files(
+                pod, src.get("items") or [], int(src.get("defaultMode", DEFAULT_MODE)), node_allocatable
+            )
         elif "projected" in vol:
             host = dirs.volume(name)
             src = vol["projected"]
@@ -198,13 +205,20 @@ def plan_volumes(
                     files += _downward_files(pod, s["downwardAPI"].get("items") or [], mode, node_allocatable)
                 elif "serviceAccountToken" in s:
                     t = s["serviceAccountToken"]
-                    plan.tokens.append(TokenSpec(
-                        path=host / safe_relative(t["path"]), service_account=sa, audience=t.get("audience") or None,
-                        expiration_seconds=int(t.get("expirationSeconds") or DEFAULT_TOKEN_SECONDS), mode=mode,
-                    ))
+                    plan.tokens.append(
+                        TokenSpec(
+                            path=host / safe_relative(t["path"]),
+                            service_account=sa,
+                            audience=t.get("audience") or None,
+                            expiration_seconds=int(t.get("expirationSeconds") or DEFAULT_TOKEN_SECONDS),
+                            mode=mode,
+                        )
+                    )
                 else:
-                    raise VolumeError(f"volume {name!r}: projected source {sorted(s)} is not supported by the "
-                                      "process runner")
+                    raise VolumeError(
+                        f"volume {name!r}: projected source {sorted(s)} is not supported by the "
+                        "process runner"
+                    )
         else:
             kinds = sorted(k for k in vol if k != "name")
             raise VolumeError(f"volume {name!r}: type {kinds} is not supported by the process runner")
