@@ -125,6 +125,7 @@ def test_connect_store_waits_for_a_store_that_comes_up_late() -> None:
     try:
         client = rendezvous.connect_store("127.0.0.1", port, abort=lambda: False, timeout=20.0)
         client.set("k", "v")
+        t.join()  # the server's constructor may return after the client already talked to it
         assert server[0].get("k") == b"v"
     finally:
         t.join()
