@@ -128,7 +128,7 @@ def node_usable_for(node: Node, job: JobRequest, option: AcceleratorOption) -> b
 
 
 class _Node:
-    __slots__ = ("acc", "accelerator", "cpu", "idx", "kept", "mem", "name", "new", "pool", "ver")
+    __slots__ = ("acc", "accelerator", "cpu", "idx", "kept", "mem", "name", "new", "new_acc", "pool", "ver")
 
     def __init__(self, idx: int, node: Node) -> None:
         self.idx = idx
@@ -141,6 +141,7 @@ class _Node:
         self.ver = 0
         self.kept: dict[int, int] = {}  # job idx -> kept workers on this node
         self.new: dict[int, int] = {}  # job idx -> workers placed in this round
+        self.new_acc = 0  # accelerators held by the workers placed in this round
 
 
 class _Pool:
@@ -365,6 +366,8 @@ class _Planner:
         n.cpu -= j.cpu
         n.mem -= j.mem
         self._touch(n, n.acc + o.p)
+        if not kept:
+            n.new_acc += o.p
         d = n.kept if kept else n.new
         d[j.idx] = d.get(j.idx, 0) + 1
         d2 = j.kept if kept else o.new_nodes
@@ -379,6 +382,8 @@ class _Planner:
         n.cpu += j.cpu
         n.mem += j.mem
         self._touch(n, n.acc - o.p)
+        if not kept:
+            n.new_acc -= o.p
         d = n.kept if kept else n.new
         c = d[j.idx] - 1
         if c:
@@ -1230,19 +1235,23 @@ class _Planner:
                 break
             b = self.jobs[bidx]
             ob = b.opts[k]
-            cands: list[tuple[int, int, _Node]] = []
-            for n in per_type[ob.type]:
-                self.budget -= 1
-                if n.pool not in ob.pool_set or self._fits(n, b, ob):
-                    continue
-                room = n.acc
-                for aidx, c in n.new.items():
-                    if aidx != bidx:
-                        room += c * self.jobs[aidx].opt_by_type[ob.type].p
-                if room >= ob.p:
-                    cands.append((ob.p - n.acc, n.idx, n))
-            cands.sort(key=lambda c: (c[0], c[1]))
-            for _, _, n in cands[:3]:
+            of_type = per_type[ob.type]
+            self.budget -= len(of_type)  # one visit per node
+            p, pool_set, cpu, mem = ob.p, ob.pool_set, b.cpu, b.mem
+            # The three nodes closest to fitting a worker (fewest accelerators missing, then index) among
+            # those where it does not fit yet but would once the other jobs' workers placed in this round
+            # left: free accelerators plus theirs (every worker on a node of type t is of type t).
+            cands = heapq.nsmallest(
+                3,
+                (
+                    (p - n.acc, n.idx, n)
+                    for n in of_type
+                    if n.acc + n.new_acc - n.new.get(bidx, 0) * p >= p
+                    and n.pool in pool_set
+                    and not (n.acc >= p and n.cpu >= cpu and n.mem >= mem)  # _fits, inlined
+                ),
+            )
+            for _, _, n in cands:
                 if self.budget <= 0 or ob.count >= ob.cap:
                     break
                 if b.total >= b.max and self._slowest_new(b, ob.r - _EPS) is None:
