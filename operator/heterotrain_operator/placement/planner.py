@@ -1237,7 +1237,7 @@ class _Planner:
             ob = b.opts[k]
             of_type = per_type[ob.type]
             self.budget -= len(of_type)  # one visit per node
-            p, pool_set, cpu, mem = ob.p, ob.pool_set, b.cpu, b.mem
+            p, pool_set = ob.p, ob.pool_set
             # The three nodes closest to fitting a worker (fewest accelerators missing, then index) among
             # those where it does not fit yet but would once the other jobs' workers placed in this round
             # left: free accelerators plus theirs (every worker on a node of type t is of type t).
@@ -1248,7 +1248,7 @@ class _Planner:
                     for n in of_type
                     if n.acc + n.new_acc - n.new.get(bidx, 0) * p >= p
                     and n.pool in pool_set
-                    and not (n.acc >= p and n.cpu >= cpu and n.mem >= mem)  # _fits, inlined
+                    and not self._fits(n, b, ob)
                 ),
             )
             for _, _, n in cands:
