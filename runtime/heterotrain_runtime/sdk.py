@@ -513,6 +513,7 @@ class ElasticTrainer:
             "has_state": self._has_state,
             "step": self.step,
             "ckpt_step": latest.step if latest is not None else None,
+            "ema": dict(self.tracker.ema),
             "fid": uuid.uuid4().hex,
             "ftime": time.time(),
         }
@@ -527,6 +528,11 @@ class ElasticTrainer:
 
     def _setup_world(self, m: Membership, rank: int, infos: list[dict[str, Any]]) -> None:
         self.membership, self.rank, self.world_size = m, rank, m.world_size
+        # Every rank computes the split (and so its slice of each batch) from its own tracker: the trackers
+        # must agree, or slices leave gaps or overlap.  They agree after each committed step (the rates ride
+        # the all-reduce), but a step whose collective failed had already measured each rank's own speed.
+        # Everybody takes rank 0's; a restore below then loads the same tracker on every rank.
+        self.tracker.ema = dict(infos[0]["ema"])
         self.topo = build_topology(
             rank,
             [i["type"] for i in infos],

@@ -85,3 +85,28 @@ def test_usable_backend_falls_back_to_gloo_without_the_device():
         expected = "nccl" if torch.cuda.is_available() else "gloo"
         assert usable_backend("nccl") == expected
         assert usable_backend("rccl") == ("rccl" if torch.cuda.is_available() else "gloo")
+
+
+def _split_after_forming(rank: int, world: int, port: int) -> tuple[list[int], list[int]]:
+    """Ranks whose trackers disagree (rank 1 measured itself once more, in a step whose collective failed)."""
+    from heterotrain_runtime.sdk import ElasticTrainer
+
+    init_gloo(rank, world, port)
+    model = torch.nn.Linear(2, 1)
+    env = {"RANK": str(rank), "WORLD_SIZE": str(world), "HETEROTRAIN_POD_NAME": f"w{rank}"}
+    t = ElasticTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), dataset_len=960, global_batch_size=96,
+                       env=env)  # fmt: skip
+    t.tracker.ema = {"w0": 100.0, "w1": 300.0 if rank == 1 else 200.0}
+    t._has_state = True  # survivors of a failure: same step, same weights, so no state broadcast
+    t.start()
+    _, indices, _ = t.next_indices()
+    return list(t.split), indices
+
+
+def test_ranks_with_diverged_trackers_form_one_split_that_covers_the_batch() -> None:
+    """Each rank cuts its slice from its own split: they must agree, or samples are skipped (a CI run lost 7)."""
+    results = run_world(_split_after_forming, 2, timeout=90)
+    splits = [s for s, _ in results]
+    assert splits[0] == splits[1] == [32, 64], splits  # rank 0's tracker: 100 : 200
+    seen = sorted(i for _, idx in results for i in idx)
+    assert len(seen) == 96 and len(set(seen)) == 96  # the first global batch, each sample once
