@@ -15,16 +15,23 @@ Algorithm (see ``plan``):
    is lifted and the mins of all admitted jobs plus this one are placed again, least flexible first; if
    that fails too, nothing of the job is placed (a running job below min is stopped).
    A gang admitted by preemption is pinned where the room was made.
-3. *Price.*  Shadow prices of each accelerator type are computed from the Lagrangian dual of the aggregated
-   throughput LP of the admitted jobs (projected subgradient, fixed round count).  The reduced value of a
-   worker of job j on type t is ``relative_throughput - price[t] * per_worker``: what j gains minus what
-   those accelerators are worth to the other jobs.  This is what decides who gets scarce fast capacity.
-   The average of the rounds' maximisers (ergodic primal recovery) gives each job a target count per type:
-   it settles the ties exact prices leave between jobs at the margin.
-4. *Reseat.*  The workers placed in this round are re-placed, each job taking its target counts and then
-   its best types by reduced value, so that the admitted set keeps its mins but on the right types.  Orders
-   tried: least flexible jobs first, then largest workers first (first-fit decreasing), then both without
-   targets; if no order packs every min, the admission placement is restored.
+3. *Price.*  Shadow prices of accelerators are computed from the Lagrangian dual of the aggregated
+   throughput LP of the admitted jobs (projected subgradient, fixed round count), twice: with one capacity
+   row per accelerator type, and with one per type and worker size (an 8-accelerator worker can only use
+   nodes with 8 free, so the two free on a half-used node do not count for it).  The reduced value of a
+   worker of job j on type t is ``relative_throughput - price * per_worker``: what j gains minus what those
+   accelerators are worth to the other jobs.  This is what decides who gets scarce fast capacity.  The
+   average of the rounds' maximisers (ergodic primal recovery) gives each job a target count per type: it
+   settles the ties exact prices leave between jobs at the margin.
+4. *Reseat.*  The workers placed in this round are re-placed so that the admitted set keeps its mins but on
+   the right types; two candidates, each followed by steps 5 and 6, and the one with more total throughput
+   wins.  Per-type prices: each job's mins go to its target counts and then its best types by reduced
+   value; orders tried until one packs every min: least flexible jobs first, then largest workers first
+   (first-fit decreasing), then both without targets.  Per-size prices: every job's whole target counts are
+   placed first, largest workers first across all jobs (first-fit decreasing), then any min still short.
+   Growing after the mins finds the whole nodes that large workers need already split by small ones; the
+   second candidate packs the LP's solution the way a bin packer would.  If no candidate packs every min,
+   the admission placement is kept.
 5. *Grow.*  Admitted jobs below ``max_workers`` grow one worker at a time, workers within their targets
    first, best reduced value first.
 6. *Improve.*  A bounded local search over this round's workers: move a worker to a faster type with room;
@@ -259,6 +266,10 @@ def _validate(req: JobRequest) -> str | None:
     return None
 
 
+# Shadow prices per accelerator by (type, worker size), and target workers by (job idx, option rank).
+_Pricing = tuple[dict[tuple[str, int], float], dict[tuple[int, int], int]]
+
+
 class _Planner:
     """Mutable working state for one call of ``plan``."""
 
@@ -347,7 +358,8 @@ class _Planner:
         # (victim job idx, node idx, was a running worker) per eviction, to undo failed admission attempts.
         self.pre_log: list[tuple[int, int, bool]] = []
         self.budget = 0
-        self.prices: dict[str, float] = {}
+        self.prices: dict[tuple[str, int], float] = {}  # per accelerator, by (type, worker size)
+        self.pricings: list[_Pricing] = []
 
     # ------------------------------------------------------------------ primitive moves
 
@@ -526,8 +538,7 @@ class _Planner:
 
     def _by_value(self, j: _Job) -> list[_Opt]:
         """The job's types, best reduced value (throughput minus the price of the accelerators) first."""
-        prices = self.prices
-        return sorted(j.opts, key=lambda o: (-(o.r - prices.get(o.type, 0.0) * o.p), -o.r, o.rank))
+        return sorted(j.opts, key=lambda o: (-(o.r - self._price(o)), -o.r, o.rank))
 
     def _make_room(self, n: _Node, p: int, cpu: int, mem: int, protect: frozenset[int], depth: int) -> bool:
         """Move workers placed in this round off ``n`` (not those of ``protect`` jobs) onto other accepted
@@ -839,29 +850,41 @@ class _Planner:
                 self._give(n, j, o, kept=True)
 
     def price(self) -> None:
-        """Shadow prices of accelerators per type, from the dual of the aggregated throughput LP.
+        """Compute both pricings (see ``_solve_prices``) and use the per-type one."""
+        self.pricings = [self._solve_prices(by_size=False), self._solve_prices(by_size=True)]
+        self._use(self.pricings[0])
 
-        The LP: maximise sum r[j,t] x[j,t] subject to sum_j p[j,t] x[j,t] <= free[t] per type and, per
-        admitted job, min <= sum_t x[j,t] <= max and x[j,t] <= cap[j,t] (all net of kept workers).  Its
-        Lagrangian dual over the per-type capacity rows is minimised by projected subgradient descent over
-        a fixed number of rounds (the best iterate wins).  A job's "reduced value" of a worker of type t is
-        then r[j,t] - price[t] * p[j,t]: what it gains minus what the accelerators are worth to others.
-        """
-        free: dict[str, int] = {}
-        for pool in self.pools:
-            free[pool.accelerator] = free.get(pool.accelerator, 0) + sum(
-                f * c for f, c in enumerate(pool.cnt)
-            )
-        for j in self.jobs:  # workers placed in this round are re-placed by reseat(): count them as free
+    def _use(self, pricing: _Pricing) -> None:
+        self.prices = pricing[0]
+        for j in self.jobs:
             for o in j.opts:
-                if o.new_nodes and o.type in free:
-                    free[o.type] += o.p * sum(o.new_nodes.values())
-        types = sorted(t for t, f in free.items() if f > 0)
-        if not types:
-            return
-        tix = {t: i for i, t in enumerate(types)}
-        cap = [float(free[t]) for t in types]
-        rows: list[tuple[int, int, list[tuple[int, int, float, int, _Opt]]]] = []
+                o.target = pricing[1].get((j.idx, o.rank), -1)
+
+    def _solve_prices(self, by_size: bool) -> _Pricing:
+        """Shadow prices of accelerators, from the dual of the aggregated throughput LP, and its primal.
+
+        The LP: maximise sum r[j,t] x[j,t] subject to, per type t, sum_j p[j,t] x[j,t] <= free
+        accelerators of t (``by_size``: one such row per type t and worker size q that admitted jobs ask of
+        t, over the options whose worker size p is a multiple of q, against the accelerators workers of
+        size q can use: sum over nodes of floor(free / q) * q, since an 8-accelerator worker needs a node
+        with 8 free and the 2 free on a half-used node are no use to it); and, per admitted job, min <= sum_t x[j,t] <= max and x[j,t] <= cap[j,t] (all net of kept
+        workers).  Its Lagrangian dual over the capacity rows is minimised by projected subgradient descent
+        over a fixed number of rounds (the best iterate wins).  The price of one accelerator for a worker of
+        size p on type t is the sum of the multipliers of the rows it is in; a job's "reduced value" of a
+        worker of type t is then r[j,t] - price * p: what it gains minus what the accelerators are worth to
+        others.
+        """
+        # Free accelerators per node, with the workers placed in this round lifted (reseat re-places them).
+        free_by_type: dict[str, list[int]] = {}
+        for pool in self.pools:
+            lst = free_by_type.setdefault(pool.accelerator, [])
+            for i in pool.nodes:
+                n = self.nodes[i]
+                f = n.acc + n.new_acc
+                if f > 0:
+                    lst.append(f)
+        rows: list[tuple[int, int, list[tuple[str, int, float, int, _Opt]]]] = []
+        sizes: dict[str, set[int]] = {}
         for j in self.jobs:
             if not j.admitted:
                 continue
@@ -870,36 +893,49 @@ class _Planner:
             if hi <= 0:
                 continue
             lo = max(0, j.min - kept)
-            opts: list[tuple[int, int, float, int, _Opt]] = []
+            opts: list[tuple[str, int, float, int, _Opt]] = []
             for o in j.opts:
                 c = o.cap - (o.count - sum(o.new_nodes.values()))
-                if o.pool_set and o.type in tix and c > 0:
-                    opts.append((tix[o.type], o.p, o.r, c, o))
+                if o.pool_set and free_by_type.get(o.type) and c > 0:
+                    opts.append((o.type, o.p, o.r, c, o))
+                    sizes.setdefault(o.type, set()).add(o.p)
             if opts:
                 rows.append((lo, hi, opts))
         if not rows:
-            return
-        scale = [1e-6] * len(types)
+            return {}, {}
+        # Capacity rows (type, size q), and per (type, worker size p) the rows such a worker is in.
+        classes = sizes if by_size else {t: {1} for t in sizes}
+        keys = sorted((t, q) for t, qs in classes.items() for q in qs)
+        kix = {k: i for i, k in enumerate(keys)}
+        cap = [float(sum(f // q * q for f in free_by_type[t])) or 1.0 for t, q in keys]
+        member = {
+            (t, p): [kix[(t, q)] for q in sorted(classes[t]) if p % q == 0]
+            for t, ps in sizes.items()
+            for p in ps
+        }
+        scale = [1e-6] * len(keys)
         for _, _, opts in rows:
             for t, p, r, _, _ in opts:
-                scale[t] = max(scale[t], r / p)
+                for i in member[(t, p)]:
+                    scale[i] = max(scale[i], r / p)
         # Primal recovery: the average over the rounds of each round's Lagrangian maximiser converges to a
         # primal optimum (ergodic averaging); it breaks the ties that exact prices leave at the margin.
         takes: dict[int, float] = {}
         rounds = 0
-        lam = [0.0] * len(types)
+        lam = [0.0] * len(keys)
         best = (_INF, list(lam))
         stall = 0
         for k in range(_PRICE_ROUNDS):
             dual = sum(c * x for c, x in zip(cap, lam, strict=True))
-            dem = [0.0] * len(types)
+            dem = [0.0] * len(keys)
+            unit = {tp: sum(lam[i] for i in rs) for tp, rs in member.items()}
             for lo, hi, opts in rows:
-                ranked = sorted(opts, key=lambda o: o[2] - lam[o[0]] * o[1], reverse=True)
+                ranked = sorted(opts, key=lambda o: o[2] - unit[(o[0], o[1])] * o[1], reverse=True)
                 tot = 0
                 for t, p, r, c, ref in ranked:
                     if tot >= hi:
                         break
-                    rho = r - lam[t] * p
+                    rho = r - unit[(t, p)] * p
                     if rho > 0:
                         take = min(c, hi - tot)
                     elif tot < lo:
@@ -907,7 +943,8 @@ class _Planner:
                     else:
                         break
                     dual += take * rho
-                    dem[t] += take * p
+                    for i in member[(t, p)]:
+                        dem[i] += take * p
                     tot += take
                     takes[id(ref)] = takes.get(id(ref), 0.0) + take
             rounds += 1
@@ -919,13 +956,20 @@ class _Planner:
                 if stall > 40:
                     break
             step = 0.5 / (k + 1) ** 0.5
-            for t in range(len(types)):
-                lam[t] = max(0.0, lam[t] - step * scale[t] * (cap[t] - dem[t]) / cap[t])
-        self.prices = {t: best[1][i] for i, t in enumerate(types)}
-        for _, _, opts in rows:
-            for _, _, _, _, ref in opts:
-                kept = ref.count - sum(ref.new_nodes.values())
-                ref.target = kept + int(takes.get(id(ref), 0.0) / rounds + 0.5)
+            for i in range(len(keys)):
+                lam[i] = max(0.0, lam[i] - step * scale[i] * (cap[i] - dem[i]) / cap[i])
+        prices = {tp: sum(best[1][i] for i in rs) for tp, rs in member.items()}
+        targets: dict[tuple[int, int], int] = {}
+        for j in self.jobs:
+            for o in j.opts:
+                if id(o) in takes:
+                    kept = o.count - sum(o.new_nodes.values())
+                    targets[(j.idx, o.rank)] = kept + int(takes[id(o)] / rounds + 0.5)
+        return prices, targets
+
+    def _price(self, o: _Opt) -> float:
+        """What one worker of option ``o`` costs the other jobs, at the shadow prices (0 if unpriced)."""
+        return self.prices.get((o.type, o.p), 0.0) * o.p
 
     def _size_key(self, j: _Job) -> tuple[int, int, tuple[int, float, str]]:
         """Largest workers first (first-fit decreasing), then least flexible first."""
@@ -954,27 +998,70 @@ class _Planner:
                 return False
         return True
 
-    def reseat(self) -> None:
-        """Re-place the workers placed in this round, each job taking its best types by reduced value.
+    def _fill_targets(self) -> None:
+        """Place every admitted job's LP target counts, largest workers first (first-fit decreasing)."""
+        wants = sorted(
+            (
+                (-o.p, j.rank, o.rank, j.idx, k)
+                for j in self.jobs
+                if j.admitted
+                for k, o in enumerate(j.opts)
+                if o.target > o.count
+            ),
+        )
+        for _, _, _, jidx, k in wants:
+            j = self.jobs[jidx]
+            o = j.opts[k]
+            if j.total < j.max:
+                self._fill(j, min(o.target - o.count, j.max - j.total), opts=(o,))
 
-        Admission (priority order, fastest type first) decided who runs; this decides where the min
-        workers of the newly admitted jobs go.  Bin packing is not exact, so four orders are tried until one
-        fits every job's min: with the LP targets, least flexible jobs first, then largest workers first;
-        then both by value alone.  If none fits, the admission placement is restored.
+    def reseat(self) -> None:
+        """Re-place the workers placed in this round on the types the LP prices favour, then grow and improve.
+
+        Admission (priority order, fastest type first) decided who runs; this decides where their workers
+        go.  Two candidates start from the same admitted set, and the one with more total throughput wins
+        (the first on a tie):
+
+        - per-type prices: each job's min workers are placed up to its LP targets, then by reduced value.
+          Bin packing is not exact, so four orders are tried until one fits every job's min: least flexible
+          jobs first, then largest workers first; then both by value alone.
+        - per-size prices (see ``_solve_prices``): every job's LP target counts are placed at once, largest
+          workers first (first-fit decreasing), then whatever mins are still short.  Growth placed after
+          the mins of small workers finds the whole nodes large workers need already split; this packs the
+          targets the way a bin packer would.
+
+        If neither fits every min, the admission placement is kept.
         """
-        if not self.prices:
+        if not self.pricings or not self.pricings[0][0]:
+            self.grow()
+            self.improve()
             return
-        mark = self._begin()
-        ok = False
-        for targets, by_size in ((True, False), (True, True), (False, False), (False, True)):
-            self._lift_new(self.jobs)
-            ok = self._fill_mins(self.jobs, targets, by_size)
-            if ok:
-                break
-        if not ok:
-            self._rollback(mark)
-        self._commit(mark)
-        self.reseated = ok
+        start = self._new_placement()
+        best: tuple[float, int, list[tuple[int, str, dict[int, int]]]] | None = None
+        for k, pricing in enumerate(self.pricings):
+            self._use(pricing)
+            orders = (
+                ((True, False), (True, True), (False, False), (False, True)) if k == 0 else ((True, True),)
+            )
+            for targets, by_size in orders:
+                self._lift_new(self.jobs)
+                if k == 1:
+                    self._fill_targets()
+                if self._fill_mins(self.jobs, targets, by_size):
+                    self.grow()
+                    self.improve()
+                    value = self._throughput()
+                    if best is None or value > best[0] + _EPS:
+                        best = (value, k, self._new_placement())
+                    break
+        if best is None:
+            self._use(self.pricings[0])
+            self._restore_new(start)
+            self.grow()
+            self.improve()
+        else:
+            self._use(self.pricings[best[1]])
+            self._restore_new(best[2])
 
     def _lift_new(self, jobs: Iterable[_Job]) -> None:
         """Remove every worker of ``jobs`` placed in this round."""
@@ -994,7 +1081,7 @@ class _Planner:
             for k, o in enumerate(j.opts):
                 if o.count >= o.cap or not o.pool_set:
                     continue
-                rho = o.r - self.prices.get(o.type, 0.0) * o.p
+                rho = o.r - self._price(o)
                 heap.append((int(o.count >= o.target), -rho, -o.r, j.rank, o.rank, j.idx, k))
         heapq.heapify(heap)
         added = 0
@@ -1291,6 +1378,21 @@ class _Planner:
                     self._commit(mark)
         return improved
 
+    def _new_placement(self) -> list[tuple[int, str, dict[int, int]]]:
+        return [(j.idx, o.type, dict(o.new_nodes)) for j in self.jobs for o in j.opts if o.new_nodes]
+
+    def _restore_new(self, saved: list[tuple[int, str, dict[int, int]]]) -> None:
+        self._lift_new(self.jobs)
+        for jidx, typ, new_nodes in saved:
+            j = self.jobs[jidx]
+            o = j.opt_by_type[typ]
+            for nidx, c in sorted(new_nodes.items()):
+                for _ in range(c):
+                    self._take(self.nodes[nidx], j, o, kept=False)
+
+    def _throughput(self) -> float:
+        return sum(o.r * o.count for j in self.jobs if j.admitted for o in j.opts)
+
     def improve(self) -> None:
         self.budget = _IMPROVE_BUDGET * (len(self.nodes) + sum(j.max for j in self.jobs if j.admitted)) + 1000
         for _ in range(_IMPROVE_ROUNDS):
@@ -1364,8 +1466,6 @@ def plan(snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], *, now: float) -
     p.admit()
     p.price()
     p.reseat()
-    p.grow()
-    p.improve()
     for _ in range(len(p.jobs)):
         if not p.retry():
             break
