@@ -607,3 +607,32 @@ def test_backfill_repacks_earlier_gangs_when_a_later_gang_only_fits_that_way() -
     check_invariants(snap, jobs, result)
     assert all(result[k].admitted for k in ("ns/j0", "ns/j1", "ns/j2"))
     assert plan(snap, jobs, now=0.0) == result
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known planner gap (found by test_admission_under_contention_does_not_depend_on_later_pending_"
+    "jobs): admission can shrink a lower priority running job but not move its last worker to another type; "
+    "a later retry can, once that job has grown there, unless a later gang took the room first",
+)
+def test_a_later_gang_does_not_decide_whether_an_earlier_one_is_admitted() -> None:
+    # run0 (priority 0) runs 3 two-accelerator a100 workers on the only a100 node and also accepts h100.
+    # hi0 and hi1 (priority 2) each need one 4-accelerator a100 worker: both fit only if run0's last
+    # worker moves to h100.  hi2 comes after hi1 and needs the two whole h100 nodes left.
+    snap = cluster(*(node(f"c-0{i}", "h100", 4) for i in range(4)), node("c-04", "a100", 8))
+    jobs = [
+        job("ns/run0", opt("a100", 2), opt("h100", 1), max_w=3, current=[WorkerSlot("c-04", "a100")] * 3),
+        job("ns/run1", created=1.0, current=[WorkerSlot("c-00", "h100")]),
+        job("ns/run2", created=2.0, current=[WorkerSlot("c-00", "h100")]),
+        job(
+            "ns/run3",
+            max_w=6,
+            created=3.0,
+            current=[WorkerSlot("c-00", "h100")] * 2 + [WorkerSlot("c-01", "h100")] * 4,
+        ),
+        job("ns/hi0", opt("a100", 4), prio=2, created=4.0),
+        job("ns/hi1", opt("a100", 4), prio=2, created=5.0),
+    ]
+    alone = run(snap, *jobs)
+    full = run(snap, *jobs, job("ns/hi2", opt("h100", 4), min_w=2, prio=2, created=6.0))
+    assert alone["ns/hi1"].admitted == full["ns/hi1"].admitted
