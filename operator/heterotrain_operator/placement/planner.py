@@ -867,8 +867,8 @@ class _Planner:
         accelerators of t (``by_size``: one such row per type t and worker size q that admitted jobs ask of
         t, over the options whose worker size p is a multiple of q, against the accelerators workers of
         size q can use: sum over nodes of floor(free / q) * q, since an 8-accelerator worker needs a node
-        with 8 free and the 2 free on a half-used node are no use to it); and, per admitted job, min <= sum_t x[j,t] <= max and x[j,t] <= cap[j,t] (all net of kept
-        workers).  Its Lagrangian dual over the capacity rows is minimised by projected subgradient descent
+        with 8 free and the 2 free on a half-used node are no use to it); and, per admitted job,
+        min <= sum_t x[j,t] <= max and x[j,t] <= cap[j,t] (all net of kept workers).  Its Lagrangian dual over the capacity rows is minimised by projected subgradient descent
         over a fixed number of rounds (the best iterate wins).  The price of one accelerator for a worker of
         size p on type t is the sum of the multipliers of the rows it is in; a job's "reduced value" of a
         worker of type t is then r[j,t] - price * p: what it gains minus what the accelerators are worth to
@@ -1038,6 +1038,7 @@ class _Planner:
             return
         start = self._new_placement()
         best: tuple[float, int, list[tuple[int, str, dict[int, int]]]] | None = None
+        last = -1  # the candidate whose placement is in place now
         for k, pricing in enumerate(self.pricings):
             self._use(pricing)
             orders = (
@@ -1045,11 +1046,13 @@ class _Planner:
             )
             for targets, by_size in orders:
                 self._lift_new(self.jobs)
+                last = -1
                 if k == 1:
                     self._fill_targets()
                 if self._fill_mins(self.jobs, targets, by_size):
                     self.grow()
                     self.improve()
+                    last = k
                     value = self._throughput()
                     if best is None or value > best[0] + _EPS:
                         best = (value, k, self._new_placement())
@@ -1061,7 +1064,8 @@ class _Planner:
             self.improve()
         else:
             self._use(self.pricings[best[1]])
-            self._restore_new(best[2])
+            if best[1] != last:
+                self._restore_new(best[2])
 
     def _lift_new(self, jobs: Iterable[_Job]) -> None:
         """Remove every worker of ``jobs`` placed in this round."""
