@@ -8,7 +8,6 @@ text and ``json_schema_extra`` carries the ``x-kubernetes-*`` extensions.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +21,20 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from heterotrain_contract import QUANTITY_PATTERN, is_quantity, parse_quantity
+
+
+def cel(
+    rule: str, message: str, field_path: str | None = None, message_expression: str | None = None
+) -> dict[str, Any]:
+    """One ``x-kubernetes-validations`` rule (CEL) of the CRD; the pydantic types enforce the same."""
+    out: dict[str, Any] = {"rule": rule, "message": message, "reason": "FieldValueInvalid"}
+    if field_path is not None:
+        out["fieldPath"] = field_path
+    if message_expression is not None:
+        out["messageExpression"] = message_expression
+    return out
 
 
 def camel_alias(name: str) -> str:
@@ -51,19 +64,14 @@ class SpecModel(ApiModel):
 
 # --- Kubernetes value types -------------------------------------------------
 
-# k8s.io/apimachinery/pkg/api/resource.Quantity, as controller-gen writes it.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
 
-_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+MAX_QUANTITY_LENGTH = 64
 
 
 def _validate_quantity(value: Any) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and _QUANTITY_RE.match(value):
+    if isinstance(value, str) and len(value) <= MAX_QUANTITY_LENGTH and is_quantity(value):
         return value
     raise ValueError(f"must be an integer or a quantity string such as 500m or 16Gi, got {value!r}")
 
@@ -75,6 +83,7 @@ Quantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            "maxLength": MAX_QUANTITY_LENGTH,  # bounds the cost of the CEL rules that compare quantities
             "x-kubernetes-int-or-string": True,
         }
     ),
@@ -164,8 +173,39 @@ class Toleration(SpecModel):
     )
 
 
+MSG_LIMIT_BELOW_REQUEST = "every limit must be at least the request of the same resource"
+
+
+def limit_below_request(requests: dict[str, Any] | None, limits: dict[str, Any] | None) -> list[str]:
+    """The resources whose limit is below their request."""
+    if not requests or not limits:
+        return []
+    return sorted(
+        k for k in set(requests) & set(limits) if parse_quantity(limits[k]) < parse_quantity(requests[k])
+    )
+
+
+def cel_quantity_at_least(big: str, small: str) -> str:
+    """CEL: quantity ``big`` >= quantity ``small`` (int-or-string values)."""
+    return f"quantity(string({big})).compareTo(quantity(string({small}))) >= 0"
+
+
 class WorkerResources(SpecModel):
     """CPU, memory and other resources of each worker container, besides its accelerators."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.requests) || !has(self.limits) || self.limits.all(k, !(k in self.requests) || "
+                    + cel_quantity_at_least("self.limits[k]", "self.requests[k]")
+                    + ")",
+                    f"spec.resources.limits (or spec.accelerators[].resources.limits): {MSG_LIMIT_BELOW_REQUEST}",
+                    ".limits",
+                )
+            ]
+        }
+    )
 
     requests: dict[str, Quantity] | None = Field(
         default=None,
@@ -180,6 +220,13 @@ class WorkerResources(SpecModel):
             "from spec.accelerators[].resourceName and perWorker."
         ),
     )
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> WorkerResources:
+        below = limit_below_request(self.requests, self.limits)
+        if below:
+            raise ValueError(f"limits: {', '.join(below)}: {MSG_LIMIT_BELOW_REQUEST}")
+        return self
 
 
 class ObjectMeta(ApiModel):

@@ -1,20 +1,12 @@
-"""Known accelerator types, and the resolution of a job's accelerator defaults.
+"""The resolution of a job's accelerator defaults.
 
 ``spec.accelerators[].type`` is the value of the node label
-``heterotrain.io/accelerator`` on a pool's nodes.  For the types below the
-operator fills in what the user left out: the extended resource to request
+``heterotrain.io/accelerator`` on a pool's nodes.  For the types of the one table
+of known accelerators (:data:`heterotrain_contract.KNOWN_ACCELERATORS`, where the
+meaning and basis of each ``relative_throughput`` are documented) the operator
+fills in what the user left out: the extended resource to request
 (``resourceName``), the intra-pool collective backend (``backend``) and the
 relative speed used to split the global batch (``relativeThroughput``).
-
-About ``relative_throughput``
------------------------------
-It is the speed of ONE device (one unit of ``resource_name``) relative to one
-NVIDIA A100 (= 1.0), and it is a *prior*: the ratio of peak dense (no
-sparsity) BF16 tensor throughput from the vendor's datasheet, rounded to two
-decimals.  Realized training speed also depends on memory bandwidth,
-interconnect and software maturity, and is often lower than the peak ratio
-suggests (notably for the newer parts).  Users who measured their model set
-``relativeThroughput`` explicitly, and that always wins.
 
 A worker's share of the global batch is proportional to
 ``relative_throughput * per_worker`` (see :attr:`ResolvedAccelerator.worker_weight`).
@@ -22,159 +14,81 @@ A worker's share of the global batch is proportional to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from heterotrain_contract import (
+    DEFAULT_RELATIVE_THROUGHPUT,
+    KNOWN_ACCELERATORS,
+    VENDOR_BACKENDS,
+    Backend,
+    KnownAccelerator,
+    Precision,
+    Vendor,
+    known_accelerator,
+    vendor_of_resource,
+)
 
 if TYPE_CHECKING:
-    from .v1alpha1 import AcceleratorSpec, HeteroTrainJobSpec
+    from ._base import EnvVar, Toleration
+    from .acceleratorspec import AcceleratorSpec
+    from .v1alpha1 import HeteroTrainJobSpec
 
-Backend = Literal["nccl", "hccl", "rccl", "gloo"]
-Vendor = Literal["nvidia", "amd", "huawei", "other"]
+__all__ = [
+    "DEFAULT_RELATIVE_THROUGHPUT",
+    "KNOWN_ACCELERATORS",
+    "VENDOR_BACKENDS",
+    "AcceleratorResolutionError",
+    "Backend",
+    "KnownAccelerator",
+    "PodSettings",
+    "ResolvedAccelerator",
+    "Vendor",
+    "known_accelerator",
+    "resolve_accelerator",
+    "resolve_accelerators",
+    "vendor_of_resource",
+]
 
-NVIDIA_GPU = "nvidia.com/gpu"
-AMD_GPU = "amd.com/gpu"
-ASCEND_NPU = "huawei.com/Ascend910"  # the Ascend device plugin's name for the 910 and 910B series
 
-#: The default intra-pool backend of each vendor (``gloo`` for anything else).
-VENDOR_BACKENDS: Mapping[Vendor, Backend] = MappingProxyType(
-    {"nvidia": "nccl", "amd": "rccl", "huawei": "hccl", "other": "gloo"}
-)
-
-#: The vendor of an unknown type is guessed from the domain of its resourceName.
-RESOURCE_DOMAIN_VENDORS: Mapping[str, Vendor] = MappingProxyType(
-    {"nvidia.com": "nvidia", "amd.com": "amd", "huawei.com": "huawei"}
-)
-
-#: relativeThroughput of a type that is neither known nor given one.
-DEFAULT_RELATIVE_THROUGHPUT = 1.0
-
-#: The reference device: relative_throughput 1.0 = one A100.
-A100_BF16_DENSE_TFLOPS = 312.0
+Pairs = tuple[tuple[str, Any], ...]
 
 
 @dataclass(frozen=True)
-class KnownAccelerator:
-    """Defaults for one well-known accelerator type."""
+class PodSettings:
+    """The pod settings of one type's workers: the job's, with the entry's merged over them.
 
-    type: str
-    vendor: Vendor
-    resource_name: str
-    relative_throughput: float
-    basis: str  # where relative_throughput comes from
+    The merge rules (``kubectl explain htj.spec.accelerators``): image and precision are replaced;
+    env is merged by name (the entry's value wins, its new names come after the job's); requests,
+    limits and nodeSelector are merged key by key (the entry's value wins); tolerations are added.
+    """
 
-    @property
-    def backend(self) -> Backend:
-        return VENDOR_BACKENDS[self.vendor]
+    image: str = ""
+    env: tuple[EnvVar, ...] = ()
+    requests: Pairs = ()
+    limits: Pairs = ()
+    node_selector: Pairs = ()
+    tolerations: tuple[Toleration, ...] = ()
+    precision: Precision | None = None
 
+    @classmethod
+    def merge(cls, job: HeteroTrainJobSpec, entry: AcceleratorSpec) -> PodSettings:
+        own_env = {e.name: e for e in entry.env or ()}
+        env = [own_env.pop(e.name, e) for e in job.env] + list(own_env.values())
+        job_res, own_res = job.resources, entry.resources
 
-def _known(*entries: KnownAccelerator) -> Mapping[str, KnownAccelerator]:
-    return MappingProxyType({e.type: e for e in sorted(entries, key=lambda e: e.type)})
+        def pairs(a: dict[str, Any] | None, b: dict[str, Any] | None) -> Pairs:
+            return tuple(sorted({**(a or {}), **(b or {})}.items()))
 
-
-#: The known accelerator types, keyed by type (the node label value).
-KNOWN_ACCELERATORS: Mapping[str, KnownAccelerator] = _known(
-    # --- NVIDIA: resource nvidia.com/gpu (NVIDIA device plugin / GPU operator), backend NCCL.
-    KnownAccelerator(
-        "nvidia-a100",
-        "nvidia",
-        NVIDIA_GPU,
-        1.00,
-        "A100 SXM: 312 TFLOPS dense BF16 (the reference).",
-    ),
-    KnownAccelerator(
-        "nvidia-h100",
-        "nvidia",
-        NVIDIA_GPU,
-        3.17,
-        "H100 SXM5: 989 TFLOPS dense BF16 / 312 (the PCIe card has 756, i.e. 2.42).",
-    ),
-    KnownAccelerator(
-        "nvidia-h200",
-        "nvidia",
-        NVIDIA_GPU,
-        3.17,
-        "H200 SXM: 989 TFLOPS dense BF16 / 312 (H100 compute; more and faster HBM3e).",
-    ),
-    KnownAccelerator(
-        "nvidia-h20",
-        "nvidia",
-        NVIDIA_GPU,
-        0.47,
-        "H20: 148 TFLOPS dense BF16 / 312.",
-    ),
-    KnownAccelerator(
-        "nvidia-b200",
-        "nvidia",
-        NVIDIA_GPU,
-        7.21,
-        "B200 (HGX): 2250 TFLOPS dense BF16 / 312.",
-    ),
-    KnownAccelerator(
-        "nvidia-l40s",
-        "nvidia",
-        NVIDIA_GPU,
-        1.16,
-        "L40S: 362 TFLOPS dense BF16 / 312 (GDDR6 at 864 GB/s; realized training speed is lower).",
-    ),
-    KnownAccelerator(
-        "nvidia-l4",
-        "nvidia",
-        NVIDIA_GPU,
-        0.39,
-        "L4: 121 TFLOPS dense BF16 / 312.",
-    ),
-    KnownAccelerator(
-        "nvidia-v100",
-        "nvidia",
-        NVIDIA_GPU,
-        0.40,
-        "V100 SXM2: no BF16 support; 125 TFLOPS FP16 tensor / 312 (train in FP16 on this pool).",
-    ),
-    # --- Huawei: resource huawei.com/Ascend910 (Ascend device plugin), backend HCCL.
-    KnownAccelerator(
-        "huawei-ascend-910b",
-        "huawei",
-        ASCEND_NPU,
-        1.00,
-        "Ascend 910B: ~313-376 TFLOPS FP16/BF16 depending on SKU (910B3..910B1), A100-class.",
-    ),
-    # --- AMD: resource amd.com/gpu (ROCm device plugin), backend RCCL.
-    KnownAccelerator(
-        "amd-mi300x",
-        "amd",
-        AMD_GPU,
-        4.19,
-        "MI300X: 1307 TFLOPS dense BF16 / 312 (realized speed depends heavily on the ROCm stack).",
-    ),
-    KnownAccelerator(
-        "amd-mi325x",
-        "amd",
-        AMD_GPU,
-        4.19,
-        "MI325X: 1307 TFLOPS dense BF16 / 312 (MI300X compute, more HBM3e).",
-    ),
-    KnownAccelerator(
-        "amd-mi250x",
-        "amd",
-        AMD_GPU,
-        0.61,
-        "MI250X: 383 TFLOPS dense BF16 per module of two GCDs; the device plugin exposes each GCD "
-        "as one amd.com/gpu, so 191.5 / 312 per device.",
-    ),
-)
-
-
-def known_accelerator(type_: str) -> KnownAccelerator | None:
-    """The table entry of a type, or None."""
-    return KNOWN_ACCELERATORS.get(type_)
-
-
-def vendor_of_resource(resource_name: str) -> Vendor:
-    """The vendor owning an extended resource name (``nvidia.com/gpu`` -> ``nvidia``)."""
-    domain = resource_name.split("/", 1)[0]
-    return RESOURCE_DOMAIN_VENDORS.get(domain, "other")
+        return cls(
+            image=entry.image or job.image,
+            env=tuple(env),
+            requests=pairs(job_res.requests if job_res else None, own_res.requests if own_res else None),
+            limits=pairs(job_res.limits if job_res else None, own_res.limits if own_res else None),
+            node_selector=pairs(job.node_selector, entry.node_selector),
+            tolerations=(*job.tolerations, *(t for t in entry.tolerations or () if t not in job.tolerations)),
+            precision=entry.precision or job.precision,
+        )
 
 
 @dataclass(frozen=True)
@@ -190,6 +104,7 @@ class ResolvedAccelerator:
     vendor: Vendor
     max_workers: int | None
     known: bool  # whether the type is in KNOWN_ACCELERATORS
+    pod: PodSettings = field(default_factory=PodSettings)  # its workers' pod settings (job's + entry's)
 
     @property
     def worker_weight(self) -> float:
@@ -212,7 +127,9 @@ class AcceleratorResolutionError(ValueError):
         self.message = message
 
 
-def resolve_accelerator(option: AcceleratorSpec, index: int) -> ResolvedAccelerator:
+def resolve_accelerator(
+    option: AcceleratorSpec, index: int, job: HeteroTrainJobSpec | None = None
+) -> ResolvedAccelerator:
     """Fill in the defaults of ``spec.accelerators[index]``.
 
     Explicit values always win.  A known type supplies its resourceName,
@@ -250,6 +167,7 @@ def resolve_accelerator(option: AcceleratorSpec, index: int) -> ResolvedAccelera
         vendor=vendor,
         max_workers=option.max_workers,
         known=known is not None,
+        pod=PodSettings.merge(job, option) if job is not None else PodSettings(),
     )
 
 
@@ -259,4 +177,4 @@ def resolve_accelerators(spec: HeteroTrainJobSpec) -> list[ResolvedAccelerator]:
     Raises :class:`AcceleratorResolutionError` naming the first entry that
     cannot be resolved (an unknown type without ``resourceName``).
     """
-    return [resolve_accelerator(option, i) for i, option in enumerate(spec.accelerators)]
+    return [resolve_accelerator(option, i, spec) for i, option in enumerate(spec.accelerators)]

@@ -14,6 +14,17 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
+import heterotrain_contract as hc
+from heterotrain_contract import (
+    GROUP,
+    KIND,
+    LABEL_ACCELERATOR,
+    MAX_SLOTS,
+    PLURAL,
+    PRECISIONS,
+    Precision,
+)
+
 from ._base import (
     ApiModel,
     EnvVar,
@@ -23,30 +34,26 @@ from ._base import (
     Time,
     Toleration,
     WorkerResources,
+    cel,
+    cel_quantity_at_least,
+    limit_below_request,
 )
-from .accelerators import KNOWN_ACCELERATORS, Backend
+from .accelerators import KNOWN_ACCELERATORS
+from .acceleratorspec import MAX_WORKERS, MSG_SELECTOR_TYPE_LABEL
+from .acceleratorspec import AcceleratorSpec as AcceleratorSpec  # re-exported: the spec's item type
+from .faulttolerance import FaultToleranceSpec as FaultToleranceSpec  # re-exported: spec.faultTolerance
+from .health import AvoidedNode, CheckpointStatus, FailureStatus, ProgressStatus
 
-GROUP: Final = "heterotrain.io"
-VERSION: Final = "v1alpha1"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
-KIND: Final = "HeteroTrainJob"
 LIST_KIND: Final = "HeteroTrainJobList"
-PLURAL: Final = "heterotrainjobs"
 SINGULAR: Final = "heterotrainjob"
 SHORT_NAMES: Final = ("htj",)
 CATEGORIES: Final = ("heterotrain",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
-#: The node label whose value is an accelerator type.
-ACCELERATOR_NODE_LABEL: Final = f"{GROUP}/accelerator"
-
-MAX_WORKERS: Final = 10000
 MAX_ACCELERATOR_TYPES: Final = 16
 #: Worker pods are named ``<job>-worker-<index>`` (index < 10000), which must stay a 63-character label.
 MAX_JOB_NAME_LENGTH: Final = 50
 
-DNS1123_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-RESOURCE_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 ABSOLUTE_PATH_PATTERN: Final = r"^/"
 
 # --- messages of the cross-field rules (CEL in the CRD, validators here) ----
@@ -63,11 +70,7 @@ MSG_NAME_LENGTH: Final = (
 )
 
 
-def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"rule": rule, "message": message, "reason": "FieldValueInvalid"}
-    if field_path is not None:
-        out["fieldPath"] = field_path
-    return out
+_cel = cel
 
 
 #: Rules of the root schema (metadata is only reachable from the root).
@@ -77,10 +80,6 @@ ROOT_VALIDATIONS: Final = (_cel(f"size(self.metadata.name) <= {MAX_JOB_NAME_LENG
 # =============================================================================
 # spec
 # =============================================================================
-
-AcceleratorType = Annotated[
-    str, StringConstraints(min_length=1, max_length=63, pattern=DNS1123_LABEL_PATTERN)
-]
 
 
 class WorkersSpec(SpecModel):
@@ -108,57 +107,6 @@ class WorkersSpec(SpecModel):
         return self
 
 
-def _known_types_text() -> str:
-    return ", ".join(KNOWN_ACCELERATORS)
-
-
-class AcceleratorSpec(SpecModel):
-    """One accelerator type (one node pool) the job may run workers on."""
-
-    type: AcceleratorType = Field(
-        description=(
-            "Accelerator type: a DNS-1123 label equal to the value of the node label "
-            f"{ACCELERATOR_NODE_LABEL} of the pool's nodes. Workers of this type are scheduled on "
-            "those nodes. Types with built-in defaults for resourceName, backend and "
-            f"relativeThroughput: {_known_types_text()}."
-        )
-    )
-    resource_name: str | None = Field(
-        default=None,
-        max_length=253,
-        pattern=RESOURCE_NAME_PATTERN,
-        description=(
-            "Extended resource requested for the accelerators of each worker, e.g. nvidia.com/gpu, "
-            "amd.com/gpu, huawei.com/Ascend910. Defaulted for known types; required for others."
-        ),
-    )
-    per_worker: int = Field(
-        default=1, ge=1, le=64, description="Accelerators (units of resourceName) per worker pod (1..64)."
-    )
-    relative_throughput: float | None = Field(
-        default=None,
-        gt=0,
-        le=1000,
-        description=(
-            "Training speed of one accelerator of this type relative to one NVIDIA A100 (1.0); a "
-            "worker's share of the global batch is proportional to relativeThroughput x perWorker. "
-            "Defaulted for known types from peak dense BF16 throughput, otherwise 1.0. Set it from a "
-            "measurement of your model for the best balance."
-        ),
-    )
-    max_workers: int | None = Field(
-        default=None, ge=1, le=MAX_WORKERS, description="Most workers of this type (unbounded when unset)."
-    )
-    backend: Backend | None = Field(
-        default=None,
-        description=(
-            "Collective backend within this pool: nccl (NVIDIA), rccl (AMD ROCm), hccl (Huawei Ascend) "
-            "or gloo (CPU/any). Defaulted from the vendor; traffic between pools of different types "
-            "uses gloo."
-        ),
-    )
-
-
 class CheckpointSpec(SpecModel):
     """Where and how often the workers checkpoint; a restarted or resized world resumes from the latest."""
 
@@ -174,7 +122,9 @@ class CheckpointSpec(SpecModel):
         description=(
             "Volume mounted at path in every worker: a Kubernetes VolumeSource (for example "
             "{persistentVolumeClaim: {claimName: ckpt}}), shared by all workers so any world can "
-            "resume. When unset the operator mounts nothing at path."
+            "resume. When unset, an emptyDir: each worker's checkpoints last as long as its pod (a "
+            "process restarted in place resumes from them; a recreated pod takes its state from its "
+            "peers), and never reach another pod or the node's filesystem."
         ),
     )
     interval_steps: int | None = Field(
@@ -188,30 +138,6 @@ class CheckpointSpec(SpecModel):
     keep: int = Field(default=3, ge=1, le=100, description="Most recent checkpoints to keep (1..100).")
     async_: bool = Field(
         default=True, description="Write checkpoints in the background while training continues."
-    )
-
-
-class FaultToleranceSpec(SpecModel):
-    """How worker failures are detected and handled."""
-
-    max_restarts: int = Field(
-        default=10,
-        ge=0,
-        description="Worker failures tolerated (each one re-forms the world) before the job is Failed.",
-    )
-    heartbeat_timeout_seconds: int = Field(
-        default=15,
-        ge=5,
-        le=600,
-        description="A worker silent for this long (5..600 seconds) is considered failed.",
-    )
-    on_worker_failure: Literal["Replace", "Shrink"] = Field(
-        default="Replace",
-        description=(
-            "Replace: start a new worker in place of a failed one (the world shrinks only while it "
-            "waits for capacity). Shrink: continue with the survivors, as long as at least "
-            "spec.workers.min remain."
-        ),
     )
 
 
@@ -230,6 +156,97 @@ class RebalanceSpec(SpecModel):
     )
 
 
+MSG_SPEC_PRECISION: Final = (
+    "spec.precision: an accelerator type that takes it (it sets no precision of its own) does not "
+    "compute in it natively; set spec.accelerators[].precision for that type"
+)
+MSG_MERGED_LIMIT: Final = (
+    "spec.accelerators[].resources: merged over spec.resources, a limit is below its request"
+)
+
+
+def _merged_limit_rule(keys: str, other: str, own: str, big: str, small: str) -> str:
+    """CEL: for every resource k of the map ``keys`` that the map ``other`` names too (and the entry's
+    ``own`` map does not override), quantity ``big``[k] >= quantity ``small``[k]."""
+    return (
+        f"{keys}.all(k, !(k in {other}) || (has({own}) && k in {own}) || "
+        + cel_quantity_at_least(f"{big}[k]", f"{small}[k]")
+        + ")"
+    )
+
+
+_MISSING = (
+    "{"
+    + ", ".join(
+        f"'{t}': [" + ", ".join(f"'{p}'" for p in PRECISIONS if p not in k.precisions) + "]"
+        for t, k in sorted(KNOWN_ACCELERATORS.items())
+        if set(PRECISIONS) - set(k.precisions)
+    )
+    + "}"
+)
+
+#: Rules over the job's pod settings and its entries' (``self`` is the spec).
+SPEC_POD_VALIDATIONS: Final = (
+    _cel(
+        f"!has(self.nodeSelector) || !('{LABEL_ACCELERATOR}' in self.nodeSelector)",
+        f"spec.nodeSelector {MSG_SELECTOR_TYPE_LABEL}",
+        ".nodeSelector",
+    ),
+    _cel(
+        "!has(self.precision) || self.accelerators.all(a, has(a.precision) || "
+        f"!(a.type in {_MISSING}) || !(self.precision in {_MISSING}[a.type]))",
+        MSG_SPEC_PRECISION,
+        ".precision",
+    ),
+    _cel(
+        "!has(self.resources) || self.accelerators.all(a, !has(a.resources) || ("
+        "(!has(self.resources.requests) || !has(a.resources.limits) || "
+        + _merged_limit_rule(
+            "a.resources.limits",
+            "self.resources.requests",
+            "a.resources.requests",
+            big="a.resources.limits",
+            small="self.resources.requests",
+        )
+        + ") && (!has(self.resources.limits) || !has(a.resources.requests) || "
+        + _merged_limit_rule(
+            "a.resources.requests",
+            "self.resources.limits",
+            "a.resources.limits",
+            big="self.resources.limits",
+            small="a.resources.requests",
+        )
+        + ")))",
+        MSG_MERGED_LIMIT,
+        ".accelerators",
+    ),
+)
+
+
+def _merge(job: Mapping[str, Any] | None, own: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {**(job or {}), **(own or {})}
+
+
+def pod_settings_problems(spec: HeteroTrainJobSpec) -> list[str]:
+    """What :data:`SPEC_POD_VALIDATIONS` refuse, as messages naming the field."""
+    out = []
+    if LABEL_ACCELERATOR in spec.node_selector:
+        out.append(f"spec.nodeSelector {MSG_SELECTOR_TYPE_LABEL}")
+    for i, a in enumerate(spec.accelerators):
+        if (
+            spec.precision is not None
+            and a.precision is None
+            and not hc.supports_precision(a.type, spec.precision)
+        ):
+            out.append(f"{MSG_SPEC_PRECISION} (spec.accelerators[{i}]: {a.type} lacks {spec.precision})")
+        job = spec.resources or WorkerResources()
+        own = a.resources or WorkerResources()
+        below = limit_below_request(_merge(job.requests, own.requests), _merge(job.limits, own.limits))
+        if below and a.resources is not None:
+            out.append(f"{MSG_MERGED_LIMIT} (spec.accelerators[{i}].resources: {', '.join(below)})")
+    return out
+
+
 class HeteroTrainJobSpec(SpecModel):
     """The desired state of a HeteroTrainJob: one elastic data-parallel training job over several
     accelerator types."""
@@ -244,12 +261,15 @@ class HeteroTrainJobSpec(SpecModel):
                     MSG_MAX_WORKERS_SUM,
                     ".accelerators",
                 ),
+                *SPEC_POD_VALIDATIONS,
             ]
         }
     )
 
     image: str = Field(
-        min_length=1, max_length=4096, description="Container image of the workers (every accelerator type)."
+        min_length=1,
+        max_length=4096,
+        description="Container image of the workers, unless their accelerator entry sets its own image.",
     )
     command: list[Annotated[str, StringConstraints(max_length=65536)]] = Field(
         min_length=1,
@@ -279,6 +299,14 @@ class HeteroTrainJobSpec(SpecModel):
         default_factory=list,
         max_length=64,
         description="Tolerations of every worker pod (e.g. for tainted accelerator pools).",
+    )
+    precision: Precision | None = Field(
+        default=None,
+        description=(
+            "Numeric format the workers should train in (bf16, fp16, fp8, int8) unless their accelerator "
+            "entry sets its own: a hint handed to the training script as HETEROTRAIN_PRECISION. Every "
+            "known type that takes it must compute it natively."
+        ),
     )
     workers: WorkersSpec
     accelerators: list[AcceleratorSpec] = Field(
@@ -340,6 +368,9 @@ class HeteroTrainJobSpec(SpecModel):
                     f"(also spec.accelerators[{seen[option.type]}].type)"
                 )
             seen[option.type] = i
+        problems = pod_settings_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.global_batch_size < self.workers.max:
             raise ValueError(MSG_BATCH_GE_MAX)
         caps = [a.max_workers for a in self.accelerators]
@@ -357,27 +388,41 @@ class HeteroTrainJobSpec(SpecModel):
 # =============================================================================
 
 Phase = Literal["Pending", "Admitted", "Running", "Recovering", "Suspended", "Succeeded", "Failed"]
+PHASE_PENDING: Final = "Pending"
+PHASE_ADMITTED: Final = "Admitted"
+PHASE_RUNNING: Final = "Running"
+PHASE_RECOVERING: Final = "Recovering"
+PHASE_SUSPENDED: Final = "Suspended"
+PHASE_SUCCEEDED: Final = "Succeeded"
+PHASE_FAILED: Final = "Failed"
 PHASES: Final[tuple[Phase, ...]] = (
-    "Pending",
-    "Admitted",
-    "Running",
-    "Recovering",
-    "Suspended",
-    "Succeeded",
-    "Failed",
+    PHASE_PENDING,
+    PHASE_ADMITTED,
+    PHASE_RUNNING,
+    PHASE_RECOVERING,
+    PHASE_SUSPENDED,
+    PHASE_SUCCEEDED,
+    PHASE_FAILED,
 )
-TERMINAL_PHASES: Final[frozenset[Phase]] = frozenset({"Succeeded", "Failed"})
+TERMINAL_PHASES: Final[frozenset[Phase]] = frozenset({PHASE_SUCCEEDED, PHASE_FAILED})
+#: Phases in which the operator is still working towards the spec (kstatus Reconciling, unless Stalled).
+PROGRESSING_PHASES: Final[frozenset[Phase]] = frozenset({PHASE_PENDING, PHASE_ADMITTED, PHASE_RECOVERING})
 
-# Condition types.  Ready/Reconciling/Stalled follow kstatus conventions.
+# Condition types.  Ready/Reconciling/Stalled follow kstatus conventions: Reconciling and Stalled are
+# never both True.
 CONDITION_READY: Final = "Ready"
 CONDITION_RECONCILING: Final = "Reconciling"
 CONDITION_STALLED: Final = "Stalled"
 CONDITION_ADMITTED: Final = "Admitted"
 CONDITION_RUNNING: Final = "Running"
 CONDITION_RECOVERING: Final = "Recovering"
+CONDITION_SUSPENDED: Final = "Suspended"
 CONDITION_SUCCEEDED: Final = "Succeeded"
 CONDITION_FAILED: Final = "Failed"
-CONDITION_SUSPENDED: Final = "Suspended"
+#: A warning: some listed accelerator types have no node (or none offering their resource); the job runs on
+#: the others and takes nodes of the missing types when they join.  (No type at all: Stalled instead.)
+CONDITION_ACCELERATORS_MISSING: Final = "AcceleratorsMissing"
+#: Every condition type, in the order status.conditions lists them (every type, every time).
 CONDITION_TYPES: Final = (
     CONDITION_READY,
     CONDITION_RECONCILING,
@@ -385,10 +430,13 @@ CONDITION_TYPES: Final = (
     CONDITION_ADMITTED,
     CONDITION_RUNNING,
     CONDITION_RECOVERING,
+    CONDITION_SUSPENDED,
     CONDITION_SUCCEEDED,
     CONDITION_FAILED,
-    CONDITION_SUSPENDED,
+    CONDITION_ACCELERATORS_MISSING,
 )
+#: The reason of a condition that does not apply in the current phase (status False).
+REASON_NOT_APPLICABLE: Final = "NotApplicable"
 
 CONDITION_TYPE_PATTERN: Final = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -426,10 +474,22 @@ class Condition(StatusModel):
 
 
 class TypeWorkers(StatusModel):
-    """Worker counts of one accelerator type."""
+    """Worker counts of one accelerator type (one pool), and what its workers are asked to do."""
 
     desired: int = Field(default=0, ge=0, description="Workers of this type in the current plan.")
     ready: int = Field(default=0, ge=0, description="Workers of this type running and in the world.")
+    precision: Precision | None = Field(
+        default=None,
+        description="Numeric format this type's workers are asked to train in (HETEROTRAIN_PRECISION).",
+    )
+    max_micro_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "The micro-batch cap in force for this type: spec.accelerators[].maxMicroBatch, or lower "
+            "after its workers ran out of memory (halved per out-of-memory failure)."
+        ),
+    )
 
 
 class WorkersStatus(StatusModel):
@@ -437,21 +497,42 @@ class WorkersStatus(StatusModel):
 
     desired: int = Field(default=0, ge=0, description="Workers in the current plan.")
     ready: int = Field(default=0, ge=0, description="Workers running and part of the current world.")
-    by_type: dict[str, TypeWorkers] = Field(default_factory=dict, description="Counts per accelerator type.")
+    # None, not {}, while no type has workers: server-side apply would store an empty map as null.
+    by_type: dict[str, TypeWorkers] | None = Field(default=None, description="Counts per accelerator type.")
 
 
 class MemberStatus(StatusModel):
-    """One worker of the current world (heterotrain_runtime.contract.Member)."""
+    """One worker pod of the current world (heterotrain_contract.Member)."""
 
     pod: str = Field(description="Worker pod name.")
-    rank: int = Field(ge=0, description="Global rank, 0..world size - 1.")
+    rank: int = Field(
+        ge=0,
+        description=(
+            "The pod's rank among the members, 0..members - 1 (torchrun's GROUP_RANK). Its training "
+            "processes take the global ranks pod by pod: the processes of the pods of lower rank first."
+        ),
+    )
     type: str = Field(description="Accelerator type of the worker.")
     address: str = Field(description="Pod IP the worker is reachable at.")
-    weight: float = Field(ge=0, description="Relative speed; the worker's share of the global batch.")
+    weight: float = Field(
+        ge=0,
+        description="Relative speed of the whole pod; each of its processes weighs weight / slots.",
+    )
+    max_micro_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Its type's micro-batch cap in force (status.workers.byType); unset: no cap.",
+    )
+    slots: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_SLOTS,
+        description="Training processes in the pod, one per accelerator it requested (LOCAL_WORLD_SIZE).",
+    )
 
 
 class MembershipStatus(StatusModel):
-    """The world the workers form (heterotrain_runtime.contract.Membership.to_dict()).
+    """The world the workers form (heterotrain_contract.Membership.to_dict()).
 
     Workers re-form their process group when epoch changes.
     """
@@ -472,31 +553,6 @@ class PodPlacement(StatusModel):
     pod: str = Field(description="Worker pod name.")
     node: str | None = Field(default=None, description="Node the pod is bound to (unset until scheduled).")
     type: str = Field(description="Accelerator type of the worker.")
-
-
-class FailureStatus(StatusModel):
-    """The most recent worker failure."""
-
-    pod: str | None = Field(default=None, description="Pod that failed.")
-    reason: str | None = Field(
-        default=None,
-        description="Why: the container's termination reason (OOMKilled, Error, ...) or Evicted, Lost.",
-    )
-    exit_code: int | None = Field(
-        default=None, description="Exit code of the worker container, if it exited."
-    )
-    message: str | None = Field(
-        default=None, description="Details (e.g. the container's termination message)."
-    )
-    time: Time | None = Field(default=None, description="When the failure was observed.")
-
-
-class CheckpointStatus(StatusModel):
-    """The latest complete checkpoint."""
-
-    step: int = Field(ge=0, description="Training step of the checkpoint.")
-    time: Time | None = Field(default=None, description="When it completed.")
-    path: str | None = Field(default=None, description="Where it lies, inside spec.checkpoint.path.")
 
 
 class HeteroTrainJobStatus(StatusModel):
@@ -527,12 +583,39 @@ class HeteroTrainJobStatus(StatusModel):
     )
     waiting_message: str | None = Field(default=None, description="Details on what the job waits for.")
     restarts: int = Field(
-        default=0, ge=0, description="Worker failures handled so far (compared with maxRestarts)."
+        default=0,
+        ge=0,
+        description="Worker failures handled so far, in place or by a new pod (compared with maxRestarts).",
+    )
+    in_place_restarts: int | None = Field(
+        default=None, ge=0, description="Of restarts: processes restarted in their own pod by the launcher."
+    )
+    pod_restarts: int | None = Field(
+        default=None, ge=0, description="Of restarts: workers replaced by a new pod (pod, node or hang lost)."
+    )
+    counted_process_restarts: dict[str, int] | None = Field(
+        default=None,
+        description="In-place restarts of each current worker as counted so far (from status.progress).",
     )
     last_failure: FailureStatus | None = None
+    failures: list[FailureStatus] | None = Field(
+        default=None, description="The last 10 failures, the newest last."
+    )
+    avoided_nodes: list[AvoidedNode] | None = Field(
+        default=None,
+        description="Nodes that get no new worker of this job for now (repeated failures, lost).",
+    )
+    progress: ProgressStatus | None = Field(
+        default=None, description="Every rank's progress and liveness, written by the runtime."
+    )
     last_checkpoint: CheckpointStatus | None = None
     start_time: Time | None = Field(default=None, description="When the job first started running.")
     completion_time: Time | None = Field(default=None, description="When the job Succeeded or Failed.")
+
+    def to_apply(self) -> dict[str, Any]:
+        """The Kubernetes form of the fields this status was built with: what a server-side apply
+        of it owns.  Unset and None fields are left out, never sent as null."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of a type, or None."""

@@ -13,7 +13,7 @@ from heterotrain_api import (
     parse_spec,
     resolve_accelerators,
 )
-from heterotrain_api.v1alpha1 import DNS1123_LABEL_PATTERN, RESOURCE_NAME_PATTERN
+from heterotrain_api.acceleratorspec import DNS1123_LABEL_PATTERN, RESOURCE_NAME_PATTERN
 
 REQUIRED_TYPES = {
     "nvidia-h100",

@@ -59,8 +59,12 @@ def test_names_and_scope(crd: dict[str, Any]) -> None:
 
 def test_printer_columns(crd: dict[str, Any], schema: dict[str, Any]) -> None:
     columns = {c["name"]: c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Ready", "Desired", "Mix", "Restarts", "Checkpoint", "Age"]
+    assert list(columns) == [
+        "Phase", "Ready", "Desired", "Mix", "Restarts", "Checkpoint", "Step", "Samples/s", "Age"
+    ]  # fmt: skip
     assert columns["Checkpoint"]["jsonPath"] == ".status.lastCheckpoint.step"
+    assert columns["Step"]["jsonPath"] == ".status.progress.step"
+    assert columns["Samples/s"]["jsonPath"] == ".status.progress.samplesPerSecond"
     assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
     # every status column points at a typed field of the schema
     for c in columns.values():
@@ -251,7 +255,7 @@ def run_crdgen(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "heterotrain_api.crdgen", *args],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(REPO / "operator"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": f"{REPO / 'operator'}:{REPO / 'runtime'}", "PATH": "/usr/bin:/bin"},
         check=False,
     )
 

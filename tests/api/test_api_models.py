@@ -223,13 +223,15 @@ def full_status() -> dict[str, Any]:
                     "type": "nvidia-h100",
                     "address": "10.0.0.1",
                     "weight": 3.17,
+                    "slots": 1,
                 },
                 {
                     "pod": "demo-worker-1",
                     "rank": 1,
                     "type": "nvidia-a100",
                     "address": "10.0.0.2",
-                    "weight": 1.0,
+                    "weight": 8.0,
+                    "slots": 8,
                 },
             ],
         },
@@ -300,18 +302,19 @@ def test_condition_types_are_the_documented_ones() -> None:
         "Succeeded",
         "Failed",
         "Suspended",
+        "AcceleratorsMissing",
     }
 
 
-def test_membership_matches_the_runtime_contract() -> None:
-    from heterotrain_runtime.contract import Member, Membership
+def test_membership_matches_the_contract() -> None:
+    from heterotrain_contract import Member, Membership
 
     m = Membership(
         epoch=4,
         master_port=29500,
         world=(
             Member("j-worker-0", 0, "nvidia-a100", "10.0.0.1", 1.0),
-            Member("j-worker-1", 1, "amd-mi300x", "10.0.0.2", 4.19),
+            Member("j-worker-1", 1, "amd-mi300x", "10.0.0.2", 33.52, slots=8, max_micro_batch=12),
         ),
     )
     status = MembershipStatus.from_contract(m.to_dict())
@@ -322,7 +325,7 @@ def test_membership_matches_the_runtime_contract() -> None:
 
     schema = openapi_schema()["properties"]["status"]["properties"]["membership"]
     assert set(schema["properties"]) == set(m.to_dict())
-    assert set(schema["properties"]["world"]["items"]["properties"]) == set(m.to_dict()["world"][0])
+    assert set(schema["properties"]["world"]["items"]["properties"]) == set(m.to_dict()["world"][1])
 
 
 def test_format_mix() -> None:
