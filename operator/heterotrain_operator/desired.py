@@ -8,48 +8,22 @@ applying them twice changes nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
-import jinja2
+import heterotrain_contract as c
+from heterotrain_api import ResolvedAccelerator
 
-from heterotrain_api import HeteroTrainJobSpec, ResolvedAccelerator
-from heterotrain_runtime import contract as c
-
+from .jobview import WORKER_CONTAINER as WORKER_CONTAINER  # re-exported: d.WORKER_CONTAINER
+from .jobview import JobView as JobView  # re-exported: d.JobView
 from .settings import Settings
 
-WORKER_CONTAINER = "worker"
 INIT_CONTAINER = "heterotrain-runtime"
 SCHEDULING_GATE = "heterotrain.io/placement"
-CONFIG_VOLUME = "heterotrain-config"
-CONFIG_MOUNT = "/etc/heterotrain"
 CHECKPOINT_VOLUME = "heterotrain-checkpoints"
 HEADLESS_PORT_NAME = "rendezvous"
-
-
-@dataclass(frozen=True)
-class JobView:
-    """The parts of a HeteroTrainJob the operator acts on, with defaults resolved."""
-
-    name: str
-    namespace: str
-    uid: str
-    generation: int
-    spec: HeteroTrainJobSpec
-    accelerators: tuple[ResolvedAccelerator, ...]
-    created: float = 0.0
-    deleting: bool = False
-    status: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    def accelerator(self, type_: str) -> ResolvedAccelerator:
-        for a in self.accelerators:
-            if a.type == type_:
-                return a
-        raise KeyError(type_)
+METRICS_PORT_NAME = "metrics"
+RUNTIME_VOLUME_NAME = "heterotrain-runtime"
+RUNTIME_MOUNT_PATH = "/opt/heterotrain"  # the init container installs the runtime here; on PYTHONPATH
 
 
 def worker_name(job: str, index: int) -> str:
@@ -60,13 +34,9 @@ def service_account_name(job: str) -> str:
     return f"{job}-worker"
 
 
-def config_map_name(job: str) -> str:
-    return f"{job}-runtime"
-
-
 def owner_reference(job: JobView) -> dict[str, Any]:
     return {
-        "apiVersion": f"{c.GROUP}/{c.VERSION}",
+        "apiVersion": c.API_VERSION,
         "kind": c.KIND,
         "name": job.name,
         "uid": job.uid,
@@ -75,60 +45,37 @@ def owner_reference(job: JobView) -> dict[str, Any]:
     }
 
 
-def _meta(job: JobView, name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+def _meta(
+    job: JobView,
+    name: str,
+    extra_labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
     labels = {
         "app.kubernetes.io/name": "heterotrain",
         "app.kubernetes.io/managed-by": "heterotrain-operator",
         c.LABEL_JOB: job.name,
         **(extra_labels or {}),
     }
-    return {
+    meta: dict[str, Any] = {
         "name": name,
         "namespace": job.namespace,
         "labels": labels,
         "ownerReferences": [owner_reference(job)],
     }
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
 
 
-_CONFIG_TEMPLATE = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
-).from_string(
-    """\
-# Runtime configuration of HeteroTrainJob {{ job.namespace }}/{{ job.name }} (rendered by the operator).
-job: {{ job.name }}
-namespace: {{ job.namespace }}
-globalBatchSize: {{ spec.global_batch_size }}
-workers: {min: {{ spec.workers.min }}, max: {{ spec.workers.max }}}
-rebalance: {policy: {{ spec.rebalance.policy }}, minIntervalSeconds: {{ spec.rebalance.min_interval_seconds }}}
-checkpoint:
-  path: {{ spec.checkpoint.path | tojson }}
-  keep: {{ spec.checkpoint.keep }}
-  async: {{ spec.checkpoint.async_ | tojson }}
-{%- if spec.checkpoint.interval_steps %}
-  intervalSteps: {{ spec.checkpoint.interval_steps }}
-{%- endif %}
-{%- if spec.checkpoint.interval_seconds %}
-  intervalSeconds: {{ spec.checkpoint.interval_seconds }}
-{%- endif %}
-faultTolerance:
-  maxRestarts: {{ spec.fault_tolerance.max_restarts }}
-  heartbeatTimeoutSeconds: {{ spec.fault_tolerance.heartbeat_timeout_seconds }}
-  onWorkerFailure: {{ spec.fault_tolerance.on_worker_failure }}
-# Pools: intra-pool collectives use each pool's backend; traffic between pools uses gloo.
-pools:
-{%- for a in accelerators %}
-  - {type: {{ a.type }}, resourceName: {{ a.resource_name }}, perWorker: {{ a.per_worker }}, relativeThroughput: {{ a.relative_throughput }}, workerWeight: {{ a.worker_weight }}, backend: {{ a.backend }}}
-{%- endfor %}
-"""
-)
-
-
-def render_runtime_config(job: JobView) -> str:
-    return _CONFIG_TEMPLATE.render(job=job, spec=job.spec, accelerators=job.accelerators)
+def runs_the_sdk(job: JobView) -> bool:
+    """The job's processes run the SDK (only the SDK reports progress into the status): a new worker may
+    start them before it is a member, and joins the world once they are ready (the others train on)."""
+    return bool(job.status.get("progress"))
 
 
 def support_objects(job: JobView) -> list[dict[str, Any]]:
-    """ServiceAccount, Role, RoleBinding, headless Service and ConfigMap of a job."""
+    """ServiceAccount, Role, RoleBinding and headless Service of a job."""
     sa = service_account_name(job.name)
     return [
         {
@@ -141,8 +88,9 @@ def support_objects(job: JobView) -> list[dict[str, Any]]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": _meta(job, sa),
-            # The workers may read their own job (membership is in its status) and report their
-            # checkpoints into its status (status.lastCheckpoint, under their own field manager); nothing else.
+            # The workers may read their own job (membership is in its status), report their checkpoints
+            # into its status (status.lastCheckpoint, under their own field manager), and set their pod's
+            # ProcessesReady condition (pods/status: pod names are not known ahead); nothing else.
             "rules": [
                 {
                     "apiGroups": [c.GROUP],
@@ -156,6 +104,7 @@ def support_objects(job: JobView) -> list[dict[str, Any]]:
                     "resourceNames": [job.name],
                     "verbs": ["get", "patch"],
                 },
+                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
             ],
         },
         {
@@ -176,12 +125,6 @@ def support_objects(job: JobView) -> list[dict[str, Any]]:
                 "ports": [{"name": HEADLESS_PORT_NAME, "port": c.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
             },
         },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": _meta(job, config_map_name(job.name)),
-            "data": {"runtime.yaml": render_runtime_config(job)},
-        },
     ]
 
 
@@ -196,10 +139,11 @@ def contract_env(job: JobView, acc: ResolvedAccelerator) -> list[dict[str, Any]]
         {"name": c.ENV_JOB_NAME, "value": job.name},
         {"name": c.ENV_NAMESPACE, "value": job.namespace},
         _field_env(c.ENV_POD_NAME, "metadata.name"),
-        _field_env(c.ENV_POD_IP, "status.podIP"),
         _field_env(c.ENV_NODE_NAME, "spec.nodeName"),
+        # Read when the container starts: the annotation is set (or not) before the pod is ungated.
+        _field_env(c.ENV_START_BEFORE_MEMBER, f"metadata.annotations['{c.ANNOTATION_START_BEFORE_MEMBER}']"),
+        {"name": c.ENV_NPROC_PER_WORKER, "value": str(acc.per_worker)},
         {"name": c.ENV_ACCELERATOR, "value": acc.type},
-        {"name": c.ENV_RELATIVE_THROUGHPUT, "value": repr(acc.worker_weight)},
         {"name": c.ENV_BACKEND, "value": acc.backend},
         {"name": c.ENV_GLOBAL_BATCH_SIZE, "value": str(spec.global_batch_size)},
         {"name": c.ENV_REBALANCE_POLICY, "value": spec.rebalance.policy},
@@ -209,10 +153,16 @@ def contract_env(job: JobView, acc: ResolvedAccelerator) -> list[dict[str, Any]]
         {"name": c.ENV_CHECKPOINT_ASYNC, "value": "true" if ck.async_ else "false"},
         {"name": c.ENV_MAX_RESTARTS, "value": str(spec.fault_tolerance.max_restarts)},
         {"name": c.ENV_HEARTBEAT_TIMEOUT, "value": str(spec.fault_tolerance.heartbeat_timeout_seconds)},
-        {"name": c.ENV_MASTER_PORT, "value": str(c.DEFAULT_MASTER_PORT)},
+        {"name": c.ENV_RESTART_BACKOFF, "value": str(spec.fault_tolerance.restart_backoff_seconds)},
+        {
+            "name": c.ENV_RESTART_BACKOFF_LIMIT,
+            "value": str(spec.fault_tolerance.restart_backoff_limit_seconds),
+        },
+        {"name": c.ENV_FAILURE_WINDOW, "value": str(spec.fault_tolerance.failure_window_seconds)},
         {"name": c.ENV_MEMBERSHIP_SOURCE, "value": c.MEMBERSHIP_SOURCE_KUBERNETES},
-        {"name": c.ENV_RUNTIME_PATH, "value": c.RUNTIME_MOUNT_PATH},
     ]
+    if acc.pod.precision:
+        env.append({"name": c.ENV_PRECISION, "value": acc.pod.precision})
     if ck.interval_steps:
         env.append({"name": c.ENV_CHECKPOINT_INTERVAL_STEPS, "value": str(ck.interval_steps)})
     if ck.interval_seconds:
@@ -223,8 +173,54 @@ def contract_env(job: JobView, acc: ResolvedAccelerator) -> list[dict[str, Any]]
 def _pythonpath(user_env: list[dict[str, Any]]) -> dict[str, Any]:
     for e in user_env:
         if e.get("name") == "PYTHONPATH" and e.get("value"):
-            return {"name": "PYTHONPATH", "value": f"{c.RUNTIME_MOUNT_PATH}:{e['value']}"}
-    return {"name": "PYTHONPATH", "value": c.RUNTIME_MOUNT_PATH}
+            return {"name": "PYTHONPATH", "value": f"{RUNTIME_MOUNT_PATH}:{e['value']}"}
+    return {"name": "PYTHONPATH", "value": RUNTIME_MOUNT_PATH}
+
+
+def security_contexts(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and each container's securityContext: Pod Security "restricted" unless turned off."""
+    if settings.worker_pod_security == "none":
+        return {}, {}
+    pod: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    if settings.worker_run_as_user is not None:
+        uid = settings.worker_run_as_user
+        pod.update(runAsUser=uid, runAsGroup=uid, fsGroup=uid)  # fsGroup: the checkpoint volume is writable
+    container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return pod, container
+
+
+def _metrics(
+    user_env: list[dict[str, Any]], settings: Settings, processes: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Env and container ports of the worker's metrics endpoints (on by default; a user's own port wins).
+
+    The training process of local rank i serves on the port + i (the launcher tells it so): ports
+    ``metrics`` (local rank 0, the one the chart's PodMonitor scrapes), ``metrics-1``, ...
+    """
+    if not settings.worker_metrics_port or any(e.get("name") == c.ENV_METRICS_PORT for e in user_env):
+        return [], []
+    port = settings.worker_metrics_port
+    names = [METRICS_PORT_NAME] + [f"{METRICS_PORT_NAME}-{i}" for i in range(1, processes)]
+    return (
+        [{"name": c.ENV_METRICS_PORT, "value": str(port)}],
+        [{"name": n, "containerPort": port + i, "protocol": "TCP"} for i, n in enumerate(names)],
+    )
+
+
+def _resources(acc: ResolvedAccelerator) -> dict[str, Any]:
+    """The worker container's requests and limits: the job's with its type's merged over them, plus its
+    accelerators."""
+    requests: dict[str, Any] = {k: str(v) for k, v in acc.pod.requests}
+    limits: dict[str, Any] = {k: str(v) for k, v in acc.pod.limits}
+    requests[acc.resource_name] = str(acc.per_worker)
+    limits[acc.resource_name] = str(acc.per_worker)
+    return {"requests": requests, "limits": limits}
+
+
+def pinned_to(node: str) -> dict[str, Any]:
+    """The affinity that pins a placed worker to its planned node (kube-scheduler binds it there)."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
 def worker_pod(
@@ -239,41 +235,42 @@ def worker_pod(
     spec = job.spec
     acc = job.accelerator(type_)
     name = worker_name(job.name, index)
-    user_env = [e.to_dict() for e in spec.env]
+    user_env = [e.to_dict() for e in acc.pod.env]
     env = [e for e in user_env if e.get("name") != "PYTHONPATH"]
-    env += [_pythonpath(user_env), *contract_env(job, acc)]
+    metrics_env, metrics_ports = _metrics(user_env, settings, acc.per_worker)
+    env += [_pythonpath(user_env), *contract_env(job, acc), *metrics_env]
+    pod_security, container_security = security_contexts(settings)
 
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    if spec.resources is not None:
-        requests.update({k: str(v) for k, v in (spec.resources.requests or {}).items()})
-        limits.update({k: str(v) for k, v in (spec.resources.limits or {}).items()})
-    requests[acc.resource_name] = str(acc.per_worker)
-    limits[acc.resource_name] = str(acc.per_worker)
-
-    mounts = [
-        {"name": c.RUNTIME_VOLUME_NAME, "mountPath": c.RUNTIME_MOUNT_PATH},
-        {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True},
-    ]
-    volumes: list[dict[str, Any]] = [
-        {"name": c.RUNTIME_VOLUME_NAME, "emptyDir": {}},
-        {"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(job.name)}},
-    ]
-    if spec.checkpoint.volume is not None:
-        volumes.append({"name": CHECKPOINT_VOLUME, **json.loads(json.dumps(spec.checkpoint.volume))})
-        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
+    mounts = [{"name": RUNTIME_VOLUME_NAME, "mountPath": RUNTIME_MOUNT_PATH}]
+    volumes: list[dict[str, Any]] = [{"name": RUNTIME_VOLUME_NAME, "emptyDir": {}}]
+    # without a volume, an emptyDir: the pod's own scratch (a read-only root filesystem stays possible)
+    source = {"emptyDir": {}} if spec.checkpoint.volume is None else spec.checkpoint.volume
+    volumes.append({"name": CHECKPOINT_VOLUME, **json.loads(json.dumps(source))})
+    mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
 
     container: dict[str, Any] = {
         "name": WORKER_CONTAINER,
-        "image": spec.image,
+        "image": acc.pod.image,
         "command": ["python", "-m", c.LAUNCH_MODULE, "launch", "--", *spec.command],
         "args": list(spec.args),
         "env": env,
-        "resources": {"requests": requests, "limits": limits},
+        "resources": _resources(acc),
         "volumeMounts": mounts,
-        "ports": [{"name": HEADLESS_PORT_NAME, "containerPort": c.DEFAULT_MASTER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": HEADLESS_PORT_NAME, "containerPort": c.DEFAULT_MASTER_PORT, "protocol": "TCP"},
+            *metrics_ports,
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    init: dict[str, Any] = {
+        "name": INIT_CONTAINER,
+        "image": settings.runtime_image,
+        "command": [*c.INSTALL_COMMAND, RUNTIME_MOUNT_PATH],
+        "volumeMounts": [{"name": RUNTIME_VOLUME_NAME, "mountPath": RUNTIME_MOUNT_PATH}],
+    }
+    if container_security:
+        container["securityContext"] = container_security
+        init["securityContext"] = dict(container_security)
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
 
@@ -283,33 +280,23 @@ def worker_pod(
         "hostname": name,
         "subdomain": job.name,
         "terminationGracePeriodSeconds": settings.worker_grace_seconds,
-        "initContainers": [
-            {
-                "name": INIT_CONTAINER,
-                "image": settings.runtime_image,
-                "command": [*c.INSTALL_COMMAND, c.RUNTIME_MOUNT_PATH],
-                "volumeMounts": [{"name": c.RUNTIME_VOLUME_NAME, "mountPath": c.RUNTIME_MOUNT_PATH}],
-            }
-        ],
+        "initContainers": [init],
         "containers": [container],
         "volumes": volumes,
-        "nodeSelector": {**spec.node_selector, c.LABEL_ACCELERATOR: type_},
+        "nodeSelector": {**dict(acc.pod.node_selector), c.LABEL_ACCELERATOR: type_},
     }
-    if spec.tolerations:
-        pod_spec["tolerations"] = [t.to_dict() for t in spec.tolerations]
+    if pod_security:
+        pod_spec["securityContext"] = pod_security
+    if acc.pod.tolerations:
+        pod_spec["tolerations"] = [t.to_dict() for t in acc.pod.tolerations]
     if node is None:
         pod_spec["schedulingGates"] = [{"name": SCHEDULING_GATE}]
     else:
-        pod_spec["affinity"] = {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
-                    ]
-                }
-            }
-        }
+        pod_spec["affinity"] = pinned_to(node)
     meta = _meta(
-        job, name, {c.LABEL_ROLE: "worker", c.LABEL_ACCELERATOR: type_, c.LABEL_WORKER_INDEX: str(index)}
+        job,
+        name,
+        {c.LABEL_ROLE: "worker", c.LABEL_ACCELERATOR: type_, c.LABEL_WORKER_INDEX: str(index)},
+        {c.ANNOTATION_START_BEFORE_MEMBER: "true"} if runs_the_sdk(job) else None,
     )
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -1,44 +1,33 @@
-"""``python -m heterotrain_operator run|dev|demo``.
+"""``python -m heterotrain_operator run|dev``.
 
 run   the operator (kopf), against in-cluster config or $KUBECONFIG
-dev   install the CRDs from crds/, then run in the foreground (``make dev-operator``)
-demo  the README's first command: a local cluster unless $KUBECONFIG is set, the CRDs,
-      the operator, and examples/quickstart.yaml, watched until its workers run
+dev   install the CRD (generated in-process from the API types), then run in the foreground
+      (``make dev-operator``)
+
+``make demo`` (a local cluster, the operator and the quickstart job) is test infrastructure:
+``python -m heterotrain_e2e.demo``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
-from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO / "crds"
+from .settings import Settings
 
 
-def install_crds(crd_dir: Path = CRD_DIR, timeout: float = 60.0) -> None:
+def install_crd(timeout: float = 60.0) -> None:
+    """Apply the CRD generated from the pydantic API types and wait until the API server serves it."""
+    from heterotrain_api import crdgen
+
     from .kube import Kube, load_client
 
     kube = Kube(load_client(), "heterotrain-operator")
-    docs = [doc for f in sorted(crd_dir.glob("*.yaml")) for doc in yaml.safe_load_all(f.read_text()) if doc]
-    kube.apply_crds(iter(docs))
-    deadline = time.monotonic() + timeout
-    for doc in docs:
-        name = doc["metadata"]["name"]
-        while True:
-            crd = kube._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            conds = {x["type"]: x["status"] for x in (crd.get("status") or {}).get("conditions") or []}
-            if conds.get("Established") == "True":
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"CRD {name} not Established after {timeout:.0f}s")
-            time.sleep(0.2)
-    print(f"installed {len(docs)} CRD(s) from {crd_dir}", file=sys.stderr)
+    doc = crdgen.crd()
+    kube.apply_crds(iter([doc]))
+    kube.wait_crd_established(doc["metadata"]["name"], timeout)
+    print(f"installed CRD {doc['metadata']['name']}", file=sys.stderr)
 
 
 def run(namespace: str | None = None, liveness: str | None = None) -> None:
@@ -46,7 +35,7 @@ def run(namespace: str | None = None, liveness: str | None = None) -> None:
 
     from . import handlers  # noqa: F401 - registers the handlers
 
-    kopf.configure(verbose=os.environ.get("HETEROTRAIN_VERBOSE") == "1")
+    kopf.configure(verbose=Settings.from_env().verbose)
     kopf.run(
         standalone=True,
         clusterwide=namespace is None,
@@ -61,21 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run")
-    p_run.add_argument("--namespace", default=os.environ.get("HETEROTRAIN_NAMESPACE_SCOPE") or None)
+    p_run.add_argument("--namespace", default=Settings.from_env().namespace)
     p_run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     sub.add_parser("dev")
-    p_demo = sub.add_parser("demo")
-    p_demo.add_argument("--cluster-dir", type=Path, default=REPO / ".cluster")
-    p_demo.add_argument("--timeout", type=float, default=300.0)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.cmd == "run":
+    if args.cmd == "run":  # run and dev log through kopf's own configuration (one handler, not two)
         run(args.namespace, args.liveness)
     elif args.cmd == "dev":
-        install_crds()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        install_crd()
+        logging.getLogger().handlers.clear()  # kopf.configure installs its own
         run()
-    elif args.cmd == "demo":
-        from .demo import demo
-
-        return demo(args.cluster_dir, args.timeout)
     return 0

@@ -1,40 +1,23 @@
 """Observed Kubernetes objects (plain JSON dicts) to the planner's inputs: pure functions.
 
 The reconciler lists nodes, pods and jobs once per pass; these functions turn
-that snapshot into :mod:`heterotrain_operator.placement` values.  A quantity
-parser lives here too, since usage is summed from pod requests.
+that snapshot into :mod:`heterotrain_operator.placement` values (usage is summed
+from pod requests, read with the one quantity parser of :mod:`heterotrain_contract`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from heterotrain_runtime import contract as c
+import heterotrain_contract as c
+from heterotrain_api import ResolvedAccelerator
+from heterotrain_contract import parse_quantity
 
 from . import placement as pl
-from .desired import JobView
-
-_SUFFIX: dict[str, Decimal] = {
-    "": Decimal(1),
-    "m": Decimal("0.001"),
-    **{k: Decimal(10) ** (3 * i) for i, k in enumerate(("k", "M", "G", "T", "P", "E"), start=1)},
-    **{k: Decimal(2) ** (10 * i) for i, k in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"), start=1)},
-}
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
-
-
-def parse_quantity(value: Any) -> Decimal:
-    """A Kubernetes resource quantity ("500m", "64Gi", 2) as a Decimal."""
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    m = _QUANTITY.match(str(value).strip())
-    if not m or m.group(2) not in _SUFFIX:
-        raise ValueError(f"not a quantity: {value!r}")
-    return Decimal(m.group(1)) * _SUFFIX[m.group(2)]
+from .jobview import JobView
 
 
 def milli(value: Any) -> int:
@@ -58,8 +41,79 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
     return pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
 
 
+def is_running(pod: Mapping[str, Any]) -> bool:
+    """Running with an address: a worker that can be in the world."""
+    st = pod.get("status", {})
+    return st.get("phase") == "Running" and bool(st.get("podIP"))
+
+
+def running_since(pod: Mapping[str, Any]) -> float | None:
+    """When a running pod's worker container started (else its Ready condition's transition, else its start)."""
+    st = pod.get("status", {})
+    for cs in st.get("containerStatuses") or []:
+        started = ((cs.get("state") or {}).get("running") or {}).get("startedAt")
+        if started:
+            return parse_time(started)
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("status") == "True" and cond.get("lastTransitionTime"):
+            return parse_time(cond["lastTransitionTime"])
+    return parse_time(st["startTime"]) if st.get("startTime") else None
+
+
+def finished_at(pod: Mapping[str, Any]) -> float | None:
+    """When a pod's worker container ended (its terminated state's finishedAt; None: not known)."""
+    for cs in pod.get("status", {}).get("containerStatuses") or []:
+        done = ((cs.get("state") or {}).get("terminated") or {}).get("finishedAt")
+        if done:
+            return parse_time(done)
+    return None
+
+
 def is_deleting(obj: Mapping[str, Any]) -> bool:
     return bool(obj.get("metadata", {}).get("deletionTimestamp"))
+
+
+#: How long past its deletion deadline a pod being deleted is still taken to be on its way out. After that
+#: it is stuck (a finalizer, a kubelet that never confirms) and what it holds counts as used again.
+RELEASE_SLACK_SECONDS = 30.0
+
+
+def releasing(pod: Mapping[str, Any], now: float) -> bool:
+    """Being deleted, and not more than :data:`RELEASE_SLACK_SECONDS` past its deadline (the
+    ``deletionTimestamp``: when it was deleted plus its grace period).  What it holds on its node is on the
+    way back: the planner may give it to another worker, which the scheduler binds once the pod is gone
+    (kube-scheduler's preemption works so too: the victims terminate while the preemptor waits)."""
+    ts = pod.get("metadata", {}).get("deletionTimestamp")
+    return bool(ts) and now <= parse_time(ts) + RELEASE_SLACK_SECONDS
+
+
+def releasing_nodes(pods: Iterable[Mapping[str, Any]], now: float) -> frozenset[str]:
+    """Nodes that a pod being deleted (see :func:`releasing`) is still bound to."""
+    return frozenset(
+        str(p["spec"]["nodeName"])
+        for p in pods
+        if (p.get("spec") or {}).get("nodeName") and not is_terminal(p) and releasing(p, now)
+    )
+
+
+#: How long a worker pinned to a node, which the scheduler could not bind while a pod there was being
+#: deleted, still waits once that pod is gone: kube-scheduler retries it then, after its backoff (at most
+#: 10 s by default).
+SCHEDULER_RETRY_SECONDS = 15.0
+
+
+class Releases:
+    """The nodes where a worker the scheduler could not bind yet waits instead of being placed again: a
+    pod being deleted is bound there, or was within :data:`SCHEDULER_RETRY_SECONDS` (kept across passes)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}  # node -> the last pass that found a pod being deleted there
+
+    def nodes(self, pods: Iterable[Mapping[str, Any]], now: float) -> frozenset[str]:
+        for n in releasing_nodes(pods, now):
+            self._seen[n] = now
+        self._seen = {n: t for n, t in self._seen.items() if now - t <= SCHEDULER_RETRY_SECONDS}
+        return frozenset(self._seen)
 
 
 def pod_node(pod: Mapping[str, Any]) -> str | None:
@@ -110,6 +164,56 @@ def pod_requests(pod: Mapping[str, Any]) -> dict[str, Decimal]:
     return total
 
 
+def pod_accelerators(pod: Mapping[str, Any], resource_name: str) -> int:
+    """Accelerators (units of ``resource_name``) a worker pod's containers requested; at least 1.
+
+    A worker runs one training process per accelerator: this is its membership record's ``slots``.
+    """
+    n = pod_requests(pod).get(resource_name)
+    if n is None:  # limits alone (extended resources: requests default to limits)
+        n = Decimal(0)
+        for ctr in pod.get("spec", {}).get("containers", []):
+            n += parse_quantity((ctr.get("resources", {}).get("limits") or {}).get(resource_name, 0))
+    return max(1, int(n))
+
+
+Pod = Mapping[str, Any]
+
+
+def owned_pods(job: JobView, pods: Sequence[Pod]) -> list[Pod]:
+    """Worker pods controlled by this job (same uid: a recreated job never adopts old pods)."""
+    out = []
+    for p in pods:
+        refs = p.get("metadata", {}).get("ownerReferences") or []
+        if any(r.get("uid") == job.uid and r.get("controller") for r in refs):
+            out.append(p)
+    return sorted(out, key=worker_index)
+
+
+def live(pods: Sequence[Pod]) -> list[Pod]:
+    return [p for p in pods if not is_terminal(p) and not is_deleting(p)]
+
+
+def current_slots(pods: Sequence[Pod], releasing: frozenset[str] = frozenset()) -> list[pl.WorkerSlot]:
+    """The workers a job already has, for the planner: live pods with a node.  A pod the scheduler could
+    not bind is not one, unless its node is ``releasing`` (:func:`releasing_nodes`): it waits for that."""
+    out = []
+    for p in live(pods):
+        node = pod_node(p)
+        if node is not None and (node in releasing or not unschedulable(p)):
+            out.append(pl.WorkerSlot(node=node, type=worker_type(p)))
+    return out
+
+
+def planner_max_workers(job: JobView, pods: Sequence[Pod]) -> int:
+    """With onWorkerFailure=Shrink, a started job does not replace lost workers."""
+    spec = job.spec
+    started = bool((job.status.get("membership") or {}).get("world")) or job.status.get("startTime")
+    if spec.fault_tolerance.on_worker_failure == "Shrink" and started:
+        return max(spec.workers.min, min(spec.workers.max, len(current_slots(pods))))
+    return spec.workers.max
+
+
 def worker_index(pod: Mapping[str, Any]) -> int:
     try:
         return int(pod["metadata"]["labels"][c.LABEL_WORKER_INDEX])
@@ -148,18 +252,25 @@ def snapshot(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     planned_pods: set[tuple[str, str]],
+    now: float,
 ) -> pl.ClusterSnapshot:
     """The cluster as the planner sees it.
 
     ``planned_pods`` are (namespace, name) of the worker pods passed to the
     planner as some job's ``current`` workers: their usage is the planner's to
     count, so it is left out of ``*_used`` here.  Every other live pod bound to
-    (or pinned to) a node counts as used capacity.
+    (or pinned to) a node counts as used capacity, except a pod being deleted
+    (:func:`releasing`): a plan that deleted a pod to make room (a preemption, a
+    move) is the plan of the next pass too, while that pod terminates.
     """
     used: dict[str, dict[str, Decimal]] = {}
     for pod in pods:
         meta = pod.get("metadata", {})
-        if is_terminal(pod) or (meta.get("namespace"), meta.get("name")) in planned_pods:
+        if (
+            is_terminal(pod)
+            or releasing(pod, now)
+            or (meta.get("namespace"), meta.get("name")) in planned_pods
+        ):
             continue
         node = pod_node(pod)
         if node is None:
@@ -203,8 +314,37 @@ def snapshot(
     return pl.ClusterSnapshot(nodes=tuple(out))
 
 
+def _tolerations(ts: Iterable[Any]) -> tuple[pl.Toleration, ...]:
+    return tuple(
+        pl.Toleration(key=t.key, operator=t.operator or "Equal", value=t.value, effect=t.effect) for t in ts
+    )
+
+
+def _option(job: JobView, a: ResolvedAccelerator) -> pl.AcceleratorOption:
+    """One type as the planner sees it: with its workers' own pod settings where they differ from the job's
+    (its nodeSelector, tolerations, cpu and memory requests: the merge of :class:`heterotrain_api.PodSettings`)."""
+    spec = job.spec
+    job_req = spec.resources.requests if spec.resources is not None and spec.resources.requests else {}
+    req = dict(a.pod.requests)
+    cpu, mem = req.get("cpu"), req.get("memory")
+    return pl.AcceleratorOption(
+        type=a.type,
+        resource_name=a.resource_name,
+        per_worker=a.per_worker,
+        worker_throughput=a.worker_weight,
+        max_workers=a.max_workers,
+        cpu_milli_per_worker=None if cpu == job_req.get("cpu") else (milli(cpu) if cpu is not None else 0),
+        memory_per_worker=None if mem == job_req.get("memory") else (whole(mem) if mem is not None else 0),
+        tolerations=None if a.pod.tolerations == tuple(spec.tolerations) else _tolerations(a.pod.tolerations),
+        node_selector=None if dict(a.pod.node_selector) == spec.node_selector else a.pod.node_selector,
+    )
+
+
 def job_request(
-    job: JobView, current: Iterable[pl.WorkerSlot], max_workers: int | None = None
+    job: JobView,
+    current: Iterable[pl.WorkerSlot],
+    max_workers: int | None = None,
+    avoid: Iterable[str] = (),
 ) -> pl.JobRequest:
     spec = job.spec
     req = spec.resources.requests if spec.resources is not None and spec.resources.requests else {}
@@ -214,24 +354,13 @@ def job_request(
         created=job.created,
         min_workers=spec.workers.min,
         max_workers=max(spec.workers.min, max_workers if max_workers is not None else spec.workers.max),
-        accelerators=tuple(
-            pl.AcceleratorOption(
-                type=a.type,
-                resource_name=a.resource_name,
-                per_worker=a.per_worker,
-                relative_throughput=a.worker_weight,
-                max_workers=a.max_workers,
-            )
-            for a in job.accelerators
-        ),
+        accelerators=tuple(_option(job, a) for a in job.accelerators),
         cpu_milli_per_worker=milli(req["cpu"]) if "cpu" in req else 0,
         memory_per_worker=whole(req["memory"]) if "memory" in req else 0,
-        tolerations=tuple(
-            pl.Toleration(key=t.key, operator=t.operator or "Equal", value=t.value, effect=t.effect)
-            for t in spec.tolerations
-        ),
+        tolerations=_tolerations(spec.tolerations),
         node_selector=tuple(sorted(spec.node_selector.items())),
         placement=spec.placement,
         current=tuple(sorted(current)),
         suspended=spec.suspend,
+        avoid=frozenset(avoid),
     )

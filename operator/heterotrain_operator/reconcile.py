@@ -5,6 +5,20 @@ decision for it, and the time.  Output: the status it should have, the pods to
 apply and delete, and the Events to post.  Nothing here talks to Kubernetes;
 :mod:`heterotrain_operator.controller` gathers the inputs and carries out the
 outcome, every pass, whatever happened before (no event replay).
+
+:func:`reconcile_job` runs named steps over plain, frozen data:
+
+1. :func:`~.lifecycle.classify_pods` — the job's own pods: alive, failed, succeeded;
+2. :func:`~.lifecycle.decide_lifecycle` — finished, stalled, suspended, or active; on an
+   active job the failures counted, then failed, succeeded, finishing, or the plan matched
+   onto the pods (:mod:`.lifecycle`);
+3. :func:`next_world` — the membership: the world of running workers and its epoch;
+4. :func:`derive_phase` — the phase from the lifecycle and the world;
+5. :func:`condition_values` and :func:`build_conditions` — every condition, each held as
+   long as its state holds;
+6. :func:`transition_events` — Events for conditions that turned on.
+
+The status is built from the API's models (:class:`heterotrain_api.HeteroTrainJobStatus`).
 """
 
 from __future__ import annotations
@@ -13,251 +27,104 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from heterotrain_runtime import contract as c
+from heterotrain_api import (
+    AvoidedNode,
+    Condition,
+    FailureStatus,
+    HeteroTrainJobStatus,
+    MembershipStatus,
+    MemberStatus,
+    Phase,
+    PodPlacement,
+    TypeWorkers,
+    WorkersStatus,
+    format_mix,
+)
+from heterotrain_api import v1alpha1 as api
+from heterotrain_contract import DEFAULT_MASTER_PORT, processes_ready
 
 from . import desired as d
+from . import memory
 from . import observe as o
 from . import placement as pl
+from .faults import Facts
+from .lifecycle import (
+    Delete,
+    Event,
+    JobPods,
+    Lifecycle,
+    Pod,
+    classify_pods,
+    decide_lifecycle,
+    fmt_time,
+)
+from .lifecycle import Missing as Missing  # re-exported: r.Missing
+from .lifecycle import Stall as Stall  # re-exported: r.Stall
 from .settings import Settings
 
-TERMINAL = ("Succeeded", "Failed")
-CONDITIONS = (
-    "Ready",
-    "Reconciling",
-    "Stalled",
-    "Admitted",
-    "Running",
-    "Recovering",
-    "Suspended",
-    "Succeeded",
-    "Failed",
+#: A condition's value: (True?, reason, message).
+Value = tuple[bool, str, str]
+
+#: Conditions whose turning True is posted as a Warning Event.
+WARNING_CONDITIONS = frozenset(
+    {
+        api.CONDITION_STALLED,
+        api.CONDITION_FAILED,
+        api.CONDITION_RECOVERING,
+        api.CONDITION_ACCELERATORS_MISSING,
+    }
 )
-WARNING_CONDITIONS = {"Stalled", "Failed", "Recovering"}
-
-
-@dataclass(frozen=True)
-class Stall:
-    """A semantic error the schema cannot catch: the job waits for the user, nothing is created."""
-
-    reason: str
-    message: str
+#: Conditions that turn True without an Event of their own (they restate the phase).
+SILENT_CONDITIONS = frozenset({api.CONDITION_READY, api.CONDITION_RECONCILING})
 
 
 @dataclass
 class Outcome:
     status: dict[str, Any]
     apply: list[dict[str, Any]] = field(default_factory=list)  # pods to server-side apply, in order
-    delete: list[tuple[str, str, str]] = field(default_factory=list)  # (pod, uid, reason)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
+    delete: list[Delete] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    wake_at: float | None = None  # reconcile again by then at the latest (a restart backoff ends)
 
 
-def fmt_time(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+# =============================================================================
+# membership
+# =============================================================================
 
 
-def owned_pods(job: d.JobView, pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Worker pods controlled by this job (same uid: a recreated job never adopts old pods)."""
-    out = []
-    for p in pods:
-        refs = p.get("metadata", {}).get("ownerReferences") or []
-        if any(r.get("uid") == job.uid and r.get("controller") for r in refs):
-            out.append(p)
-    return sorted(out, key=o.worker_index)
+#: Why a world changed: first formed, grown or shrunk by the plan, a member lost, paused below the gang
+#: minimum (or finished).
+Cause = Literal["formed", "scaled", "lost", "paused"]
+
+#: Deletions the operator makes on purpose (the plan moved or dropped the worker): a smaller world is a
+#: scale-down, not a loss.
+PLANNED_DELETIONS = frozenset({"NotInPlan", "Unschedulable"})
 
 
-def live(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [p for p in pods if not o.is_terminal(p) and not o.is_deleting(p)]
+@dataclass(frozen=True)
+class World:
+    """Step 3: the membership to publish."""
+
+    epoch: int
+    members: tuple[dict[str, Any], ...]  # MemberStatus dicts (pod, rank, type, address, weight)
+    changed: bool  # a new epoch
+    cause: Cause | None = None  # why it changed
+    lost: tuple[str, ...] = ()  # members of the old world that were lost (not removed by the plan)
+    waiting_for: int = 0  # planned workers not in the world yet, while the growth waits for them
 
 
-def current_slots(pods: Sequence[Mapping[str, Any]]) -> list[pl.WorkerSlot]:
-    """The workers a job already has, for the planner: live pods with a node."""
-    out = []
-    for p in live(pods):
-        node = o.pod_node(p)
-        if node is not None and not o.unschedulable(p):
-            out.append(pl.WorkerSlot(node=node, type=o.worker_type(p)))
-    return out
-
-
-def planner_max_workers(job: d.JobView, pods: Sequence[Mapping[str, Any]]) -> int:
-    """With onWorkerFailure=Shrink, a started job does not replace lost workers."""
-    spec = job.spec
-    started = bool((job.status.get("membership") or {}).get("world")) or job.status.get("startTime")
-    if spec.fault_tolerance.on_worker_failure == "Shrink" and started:
-        return max(spec.workers.min, min(spec.workers.max, len(current_slots(pods))))
-    return spec.workers.max
-
-
-def failure_of(pod: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    """The lastFailure record of a failed pod: the worker container's termination reason and code."""
-    status = pod.get("status", {})
-    out: dict[str, Any] = {
-        "pod": pod["metadata"]["name"],
-        "time": fmt_time(now),
-        "reason": status.get("reason") or "Error",
-    }
-    for cs in status.get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if cs.get("name") == d.WORKER_CONTAINER and term:
-            out["reason"] = term.get("reason") or "Error"
-            if term.get("exitCode") is not None:
-                out["exitCode"] = int(term["exitCode"])
-            if term.get("message"):
-                out["message"] = str(term["message"])[-1024:]
-    if "message" not in out and status.get("message"):
-        out["message"] = str(status["message"])[-1024:]
-    return out
-
-
-def _is_running(pod: Mapping[str, Any]) -> bool:
-    st = pod.get("status", {})
-    return st.get("phase") == "Running" and bool(st.get("podIP"))
-
-
-def _conditions(
-    old: Sequence[Mapping[str, Any]],
-    values: Mapping[str, tuple[bool, str, str]],
-    generation: int,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    prev = {cnd.get("type"): cnd for cnd in old}
-    out = []
-    for t in CONDITIONS:
-        ok, reason, message = values.get(t, (False, "NotApplicable", ""))
-        st = "True" if ok else "False"
-        p = prev.get(t)
-        since = p.get("lastTransitionTime") if p and p.get("status") == st else fmt_time(now)
-        out.append(
-            {
-                "type": t,
-                "status": st,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": since,
-                "observedGeneration": generation,
-            }
-        )
-    return out
-
-
-def _mix(counts: Mapping[str, int]) -> str:
-    return ",".join(f"{t}:{n}" for t, n in sorted(counts.items()) if n > 0)
-
-
-def reconcile_job(
-    job: d.JobView,
-    pods: Sequence[Mapping[str, Any]],
-    job_plan: pl.JobPlan | None,
-    settings: Settings,
-    now: datetime,
-    stall: Stall | None = None,
-) -> Outcome:
-    old = job.status
-    spec = job.spec
-    pods = owned_pods(job, pods)
-    alive = live(pods)
-    failed = [p for p in pods if p.get("status", {}).get("phase") == "Failed" and not o.is_deleting(p)]
-    succeeded = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
-
-    out = Outcome(status={})
-    restarts = int(old.get("restarts") or 0)
-    last_failure = old.get("lastFailure")
-    phase = old.get("phase") or "Pending"
-    completion = old.get("completionTime")
-    start_time = old.get("startTime")
-    waiting: tuple[str, str] | None = None
-    admitted = False
-    desired_slots: list[pl.WorkerSlot] = []
-    values: dict[str, tuple[bool, str, str]] = {}
-
-    def delete_all(reason: str) -> None:
-        for p in alive:
-            out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], reason))
-
-    if phase in TERMINAL:
-        delete_all("JobFinished")
-        ttl = spec.ttl_seconds_after_finished
-        if ttl is not None and completion and now.timestamp() - o.parse_time(completion) >= ttl:
-            out.delete_job = True
-    elif stall is not None:
-        phase = "Pending"
-        values["Stalled"] = (True, stall.reason, stall.message)
-    elif spec.suspend:
-        delete_all("Suspended")
-        if phase != "Suspended":
-            out.events.append(("Normal", "Suspended", f"suspended: stopping {len(alive)} workers"))
-        phase = "Suspended"
-        values["Suspended"] = (True, "Suspended", "spec.suspend is true; checkpoints are kept")
-    else:
-        if phase == "Suspended":
-            out.events.append(
-                ("Normal", "Resumed", "spec.suspend is false: resuming from the latest checkpoint")
-            )
-            phase = "Pending"
-        for p in failed:
-            restarts += 1
-            last_failure = failure_of(p, now)
-            out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "WorkerFailed"))
-            code = last_failure.get("exitCode")
-            out.events.append(
-                (
-                    "Warning",
-                    "WorkerFailed",
-                    f"worker {last_failure['pod']} failed: {last_failure['reason']}"
-                    + (f" (exit code {code})" if code is not None else "")
-                    + f"; restart {restarts} of {spec.fault_tolerance.max_restarts}",
-                )
-            )
-        if restarts > spec.fault_tolerance.max_restarts:
-            phase = "Failed"
-            completion = fmt_time(now)
-            delete_all("JobFailed")
-            values["Failed"] = (
-                True,
-                "MaxRestartsExceeded",
-                f"{restarts} worker failures exceed spec.faultTolerance.maxRestarts="
-                f"{spec.fault_tolerance.max_restarts}",
-            )
-        elif succeeded and not failed:
-            if not alive:
-                phase = "Succeeded"
-                completion = fmt_time(now)
-                values["Succeeded"] = (True, "Completed", f"{len(succeeded)} workers completed")
-            else:
-                desired_slots = current_slots(alive)  # finishing: no new workers, no moves
-                admitted = True
-        else:
-            _place(job, alive, pods, job_plan, settings, out)
-            admitted = bool(job_plan and job_plan.admitted)
-            desired_slots = list(job_plan.workers) if admitted and job_plan else []
-            if job_plan is not None and not job_plan.admitted:
-                waiting = (
-                    job_plan.reason or "WaitingForCapacity",
-                    job_plan.message or "waiting for capacity",
-                )
-            elif job_plan is not None and job_plan.reason and len(desired_slots) < spec.workers.max:
-                waiting = (job_plan.reason, job_plan.message or "")
-            if job_plan is not None and job_plan.preempted:
-                out.events.append(
-                    (
-                        "Warning",
-                        "Preempted",
-                        f"{len(job_plan.preempted)} workers removed for a higher-priority job",
-                    )
-                )
-
-    # --- membership: the world of running workers -----------------------------------------
-    deleting = {name for name, _, _ in out.delete}
-    kept = [p for p in alive if p["metadata"]["name"] not in deleting]
-    running = [p for p in kept if _is_running(p)]
-    old_mem = old.get("membership") or {}
-    old_world = old_mem.get("world") or []
-    epoch = int(old_mem.get("epoch") or 0)
+def _candidates(job: d.JobView, pods: JobPods, life: Lifecycle) -> list[dict[str, Any]]:
+    """The running workers that may be in the world, in pod order: not being deleted, and no process of
+    theirs restarting in place (their launcher's ProcessesReady condition is not False: the others go on
+    without them, and take them back once they are ready)."""
+    deleting = {name for name, _, _ in life.deletes}
     members = []
-    for p in running:
+    for p in pods.alive:
+        if p["metadata"]["name"] in deleting or not o.is_running(p) or not processes_ready(p):
+            continue
         t = o.worker_type(p)
         try:
             weight = job.accelerator(t).worker_weight
@@ -266,183 +133,405 @@ def reconcile_job(
         members.append(
             {"pod": p["metadata"]["name"], "type": t, "address": p["status"]["podIP"], "weight": weight}
         )
-    same = [(m["pod"], m["address"]) for m in members] == [
-        (m.get("pod"), m.get("address")) for m in old_world
+    return members
+
+
+def _lost(
+    old_world: Sequence[Mapping[str, Any]], members: Sequence[Mapping[str, Any]], life: Lifecycle
+) -> list[str]:
+    """Old members that are gone from the world and were not removed by the plan on purpose."""
+    now = {(m["pod"], m["address"]) for m in members}
+    planned = {name for name, _, reason in life.deletes if reason in PLANNED_DELETIONS}
+    return [
+        str(m.get("pod"))
+        for m in old_world
+        if (m.get("pod"), m.get("address")) not in now and m.get("pod") not in planned
     ]
-    world = old_world
-    if phase in TERMINAL or phase == "Suspended" or stall is not None:
-        new_world: list[dict[str, Any]] | None = [] if old_world else None
-    elif same or succeeded:
-        # Unchanged, or finishing: workers that completed leave no new epoch behind them.
-        new_world = None
-    elif len(members) >= spec.workers.min and (old_world or start_time or len(members) >= len(desired_slots)):
-        new_world = members
-    elif old_world and len(members) < spec.workers.min:
-        new_world = []  # below the gang minimum: the survivors pause until the world is whole again
+
+
+def _growth_due(pods: JobPods, joiners: Sequence[Mapping[str, Any]], now: datetime, wait: float) -> bool:
+    """The first joiner has waited ``wait`` seconds for the rest of the planned workers."""
+    names = {m["pod"] for m in joiners}
+    since = [o.running_since(p) for p in pods.alive if p["metadata"]["name"] in names]
+    known = [t for t in since if t is not None]
+    return not known or now.timestamp() - min(known) >= wait
+
+
+def next_world(job: d.JobView, pods: JobPods, life: Lifecycle, now: datetime, growth_wait: float) -> World:
+    """The world of running workers; a new epoch when it must change.
+
+    A member lost (its pod failed, went away or changed address) re-forms the world at once with the
+    workers that run, or pauses it below the gang minimum.  A world grows in ONE step: workers that joined
+    wait until every planned worker runs, or until the first of them has waited ``growth_wait`` seconds
+    (a pod that never starts does not hold the others back for ever).  The first world forms the same way.
+    """
+    old = job.status.get("membership") or {}
+    old_world = old.get("world") or []
+    epoch = int(old.get("epoch") or 0)
+    unchanged = World(epoch, tuple(old_world), changed=False)
+    if not life.active:
+        return World(epoch + 1, (), True, "paused") if old_world else unchanged
+    members = _candidates(job, pods, life)
+    if pods.succeeded or [(m["pod"], m["address"]) for m in members] == [
+        (m.get("pod"), m.get("address")) for m in old_world
+    ]:
+        return unchanged  # unchanged, or finishing: workers that completed leave no new epoch behind
+    minimum = job.spec.workers.min
+    lost = _lost(old_world, members, life)
+    shrunk = len(members) < len(old_world) or any(
+        (m.get("pod"), m.get("address")) not in {(x["pod"], x["address"]) for x in members} for m in old_world
+    )
+    if old_world and len(members) < minimum:
+        return World(epoch + 1, (), True, "paused", tuple(lost))  # the survivors wait for the world
+    if len(members) < minimum:
+        return unchanged
+    missing = max(0, len(life.desired) - len(members))
+    if not shrunk and missing:
+        joiners = [m for m in members if m["pod"] not in {x.get("pod") for x in old_world}]
+        restarting = not old_world and bool(job.status.get("startTime"))  # recovering from a pause
+        if not restarting and not _growth_due(pods, joiners, now, growth_wait):
+            return World(epoch, tuple(old_world), False, waiting_for=missing)
+    cause: Cause = "lost" if lost else ("scaled" if old_world else "formed")
+    ranked = tuple({**m, "rank": r} for r, m in enumerate(members))
+    return World(epoch + 1, ranked, True, cause, tuple(lost))
+
+
+def world_events(job: d.JobView, world: World) -> list[Event]:
+    """A new epoch's Events: always MembershipChanged; Scaled when the plan grew or shrank the world (a lost
+    worker is told by the Recovering condition's WorkerLost Event instead)."""
+    if not world.changed:
+        return []
+    mix = format_mix(Counter(m["type"] for m in world.members))
+    n = len(world.members)
+    events: list[Event] = [("Normal", "MembershipChanged", f"epoch {world.epoch}: {n} workers ({mix})")]
+    before = len((job.status.get("membership") or {}).get("world") or [])
+    if world.cause == "scaled" and n != before:
+        how = "grew" if n > before else "shrank"
+        events.append(("Normal", "Scaled", f"{how} from {before} to {n} workers in one step ({mix})"))
+    return events
+
+
+# =============================================================================
+# phase, conditions, events
+# =============================================================================
+
+
+@dataclass(frozen=True)
+class PhaseState:
+    """Step 4: the phase and the times that go with it."""
+
+    phase: Phase
+    start_time: str | None
+    completion: str | None
+
+
+def derive_phase(job: d.JobView, pods: JobPods, life: Lifecycle, world: World, now: datetime) -> PhaseState:
+    """Running while the world trains at or above its minimum; Recovering from a lost worker until the
+    world is whole again (a world that grows or shrinks by the plan is still Running)."""
+    start = job.status.get("startTime")
+    if not life.active:
+        return PhaseState(life.phase, start, life.completion)
+    n = len(world.members)
+    complete = n > 0 and n == len(life.desired) and n >= job.spec.workers.min
+    if (complete or (not start and n >= job.spec.workers.min)) and not pods.succeeded:
+        return PhaseState(api.PHASE_RUNNING, start or fmt_time(now), life.completion)
+    if not start:
+        phase: Phase = api.PHASE_ADMITTED if life.admitted else api.PHASE_PENDING
+        return PhaseState(phase, start, life.completion)
+    lost = world.cause in ("lost", "paused") or (
+        not world.changed and job.status.get("phase") == api.PHASE_RECOVERING
+    )
+    if pods.succeeded or (n >= job.spec.workers.min and not lost):
+        return PhaseState(api.PHASE_RUNNING, start, life.completion)
+    return PhaseState(api.PHASE_RECOVERING, start, life.completion)
+
+
+def _held(job: d.JobView, type_: str, fallback: Value) -> Value:
+    """A terminal condition as it stands in the old status (True), else ``fallback``: it holds."""
+    for c in job.status.get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return (True, str(c.get("reason") or fallback[1]), str(c.get("message") or ""))
+    return fallback
+
+
+def _terminal_values(job: d.JobView, pods: JobPods, life: Lifecycle, phase: Phase) -> dict[str, Value]:
+    if phase == api.PHASE_SUCCEEDED:
+        done = (True, "Completed", f"{len(pods.succeeded)} workers completed")
+        succeeded = done if life.kind == "succeeded" else _held(job, api.CONDITION_SUCCEEDED, done)
+        return {
+            api.CONDITION_SUCCEEDED: succeeded,
+            api.CONDITION_READY: (True, "Succeeded", "the job completed"),
+        }
+    max_restarts = job.spec.fault_tolerance.max_restarts
+    failed_now = (
+        True,
+        "MaxRestartsExceeded",
+        f"{life.failures.restarts} worker failures exceed spec.faultTolerance.maxRestarts={max_restarts}",
+    )
+    failed = failed_now if life.kind == "failed" else _held(job, api.CONDITION_FAILED, failed_now)
+    return {api.CONDITION_FAILED: failed, api.CONDITION_STALLED: (True, "Failed", failed[2])}
+
+
+def condition_values(
+    job: d.JobView, pods: JobPods, life: Lifecycle, world: World, phase: Phase, stall: Stall | None
+) -> dict[str, Value]:
+    """Step 5: the value of every condition that applies; the others are False, NotApplicable."""
+    if phase in api.TERMINAL_PHASES:
+        return _terminal_values(job, pods, life, phase)
+    if stall is not None:
+        return {api.CONDITION_STALLED: (True, stall.reason, stall.message)}
+    if phase == api.PHASE_SUSPENDED:
+        # Ready: the job is as its spec asks (kstatus reads Ready=False as InProgress; Flux would wait).
+        return {
+            api.CONDITION_SUSPENDED: (True, "Suspended", "spec.suspend is true; checkpoints are kept"),
+            api.CONDITION_READY: (True, "Suspended", "spec.suspend is true: no workers run, as asked"),
+        }
+    values: dict[str, Value] = {}
+    n = len(world.members)
+    if life.admitted:
+        placed = f"placed {len(life.desired)} workers: {format_mix(Counter(s.type for s in life.desired))}"
+        values[api.CONDITION_ADMITTED] = (True, "Admitted", placed)
     else:
-        new_world = None
-    if new_world is not None:
-        epoch += 1
-        world = [{**m, "rank": r} for r, m in enumerate(new_world)]
-        out.events.append(
-            (
-                "Normal",
-                "MembershipChanged",
-                f"epoch {epoch}: {len(world)} workers ({_mix(Counter(m['type'] for m in world))})",
-            )
-        )
-
-    if phase not in TERMINAL and phase != "Suspended" and stall is None:
-        complete = bool(world) and len(world) == len(desired_slots) and len(world) >= spec.workers.min
-        if complete and not succeeded:
-            phase = "Running"
-            start_time = start_time or fmt_time(now)
-        elif start_time:
-            phase = "Recovering" if not succeeded else "Running"
-        elif admitted:
-            phase = "Admitted"
-        else:
-            phase = "Pending"
-
-    # --- conditions ----------------------------------------------------------------------
-    by_type_desired = Counter(s.type for s in desired_slots)
-    by_type_ready = Counter(m["type"] for m in world)
-    if phase not in TERMINAL and stall is None and phase != "Suspended":
-        if admitted:
-            values["Admitted"] = (
+        reason, message = life.waiting or ("WaitingForCapacity", "waiting for capacity")
+        values[api.CONDITION_ADMITTED] = (False, reason, message)
+    if phase == api.PHASE_RUNNING:
+        ready = format_mix(Counter(m["type"] for m in world.members))
+        values[api.CONDITION_RUNNING] = (True, "Running", f"{n} workers training ({ready})")
+        values[api.CONDITION_READY] = (True, "Running", "the job is training")
+        if n != len(life.desired) and not pods.succeeded:
+            # Growing (or shrinking) to the plan: one membership change once every planned worker runs.
+            values[api.CONDITION_RECONCILING] = (
                 True,
-                "Admitted",
-                f"placed {len(desired_slots)} workers: {_mix(by_type_desired)}",
+                "Scaling",
+                f"{n} of {len(life.desired)} planned workers in the world; the others join together",
             )
-        else:
-            reason, message = waiting or ("WaitingForCapacity", "waiting for capacity")
-            values["Admitted"] = (False, reason, message)
-    if phase == "Running":
-        values["Running"] = (True, "Running", f"{len(world)} workers training ({_mix(by_type_ready)})")
-        values["Ready"] = (True, "Running", "all planned workers are in the world")
-    if phase == "Succeeded":
-        values["Ready"] = (True, "Succeeded", "the job completed")
-    if phase == "Recovering":
-        values["Recovering"] = (
+    if phase == api.PHASE_RECOVERING:
+        values[api.CONDITION_RECOVERING] = (
             True,
             "WorkerLost",
-            f"{len(world)} of {len(desired_slots)} workers in the world; waiting for the rest",
+            f"{n} of {len(life.desired)} workers in the world; waiting for the rest",
         )
-    if phase in ("Pending", "Admitted", "Recovering"):
-        values["Reconciling"] = (
-            True,
-            waiting[0] if waiting and phase == "Pending" else phase,
-            waiting[1] if waiting and phase == "Pending" else f"job is {phase}",
-        )
-    if phase == "Failed":
-        values["Stalled"] = values.get(
-            "Stalled", (True, "Failed", values.get("Failed", (True, "Failed", ""))[2])
-        )
-    status: dict[str, Any] = {
-        "observedGeneration": job.generation,
-        "phase": phase,
-        "conditions": _conditions(old.get("conditions") or [], values, job.generation, now),
-        "workers": {"desired": len(desired_slots), "ready": len(world)},
-        "mix": _mix(by_type_ready),
-        "membership": {"epoch": epoch, "masterPort": c.DEFAULT_MASTER_PORT, "world": world},
-        "placement": _placement_of(kept, out.apply),
-        "restarts": restarts,
-    }
-    by_type = {
-        t: {"desired": by_type_desired.get(t, 0), "ready": by_type_ready.get(t, 0)}
-        for t in sorted(set(by_type_desired) | set(by_type_ready))
-    }
-    if by_type:  # an empty map would reach the API server as null through server-side apply
-        status["workers"]["byType"] = by_type
-    if waiting and phase not in TERMINAL:
-        status["waitingReason"], status["waitingMessage"] = waiting
-    # lastCheckpoint is not the operator's: the runtime reports it.
-    for key, value in (
-        ("lastFailure", last_failure),
-        ("startTime", start_time),
-        ("completionTime", completion),
-    ):
-        if value:
-            status[key] = value
-    out.status = status
+    if phase in api.PROGRESSING_PHASES:  # never with Stalled (kstatus): a stalled job returned above
+        if phase == api.PHASE_PENDING and life.waiting:
+            values[api.CONDITION_RECONCILING] = (True, *life.waiting)
+        else:
+            values[api.CONDITION_RECONCILING] = (True, phase, f"job is {phase}")
+    return values
 
-    # --- events on condition transitions ---------------------------------------------------
-    prev = {cnd.get("type"): cnd for cnd in old.get("conditions") or []}
-    for cnd in status["conditions"]:
-        before = prev.get(cnd["type"])
-        turned_on = cnd["status"] == "True" and (
-            before is None or before.get("status") != "True" or before.get("reason") != cnd["reason"]
+
+def build_conditions(
+    old: Sequence[Mapping[str, Any]], values: Mapping[str, Value], generation: int, now: datetime
+) -> list[Condition]:
+    """Every condition type, in the API's order; a condition keeps its transition time while its status holds."""
+    prev = {c.get("type"): c for c in old}
+    out = []
+    for t in api.CONDITION_TYPES:
+        ok, reason, message = values.get(t, (False, api.REASON_NOT_APPLICABLE, ""))
+        status: Literal["True", "False"] = "True" if ok else "False"
+        p = prev.get(t)
+        since = p.get("lastTransitionTime") if p and p.get("status") == status else fmt_time(now)
+        out.append(
+            Condition.model_validate(
+                {
+                    "type": t,
+                    "status": status,
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": since,
+                    "observedGeneration": generation,
+                }
+            )
         )
-        if turned_on and cnd["type"] not in ("Ready", "Reconciling"):
-            kind = "Warning" if cnd["type"] in WARNING_CONDITIONS else "Normal"
-            out.events.append((kind, cnd["reason"], f"{cnd['type']}: {cnd['message']}"))
-    if waiting and phase == "Pending" and (old.get("waitingReason"), old.get("waitingMessage")) != waiting:
-        out.events.append(("Normal", waiting[0], waiting[1]))
     return out
 
 
-def _placement_of(
-    kept: Sequence[Mapping[str, Any]], applied: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    rows: dict[str, dict[str, Any]] = {}
+def transition_events(
+    old: Mapping[str, Any], conditions: Sequence[Condition], phase: Phase, waiting: tuple[str, str] | None
+) -> list[Event]:
+    """Step 6: an Event for every condition that turned True (or changed reason), and a new wait."""
+    prev = {c.get("type"): c for c in old.get("conditions") or []}
+    events: list[Event] = []
+    for c in conditions:
+        before = prev.get(c.type)
+        turned_on = c.status == "True" and (
+            before is None or before.get("status") != "True" or before.get("reason") != c.reason
+        )
+        if turned_on and c.type not in SILENT_CONDITIONS:
+            kind = "Warning" if c.type in WARNING_CONDITIONS else "Normal"
+            events.append((kind, c.reason, f"{c.type}: {c.message}"))
+    if (
+        waiting
+        and phase == api.PHASE_PENDING
+        and (old.get("waitingReason"), old.get("waitingMessage")) != waiting
+    ):
+        events.append(("Normal", waiting[0], waiting[1]))
+    return events
+
+
+# =============================================================================
+# the status, and the whole reconcile
+# =============================================================================
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def _placement_rows(kept: Sequence[Pod], applied: Sequence[Pod]) -> list[PodPlacement]:
+    rows: dict[str, PodPlacement] = {}
     for p in [*kept, *applied]:
-        node = o.pod_node(p)
-        row: dict[str, Any] = {"pod": p["metadata"]["name"], "type": o.worker_type(p)}
-        if node:
-            row["node"] = node
-        rows[row["pod"]] = row
+        name = p["metadata"]["name"]
+        rows[name] = PodPlacement(pod=name, node=o.pod_node(p) or None, type=o.worker_type(p))
     return [rows[k] for k in sorted(rows, key=lambda n: (len(n), n))]
 
 
-def _place(
+def _pool_settings(job: d.JobView, type_: str, caps: Mapping[str, int]) -> dict[str, Any]:
+    """What a pool's workers are asked to do, as status.workers.byType shows it."""
+    try:
+        precision = job.accelerator(type_).pod.precision
+    except KeyError:
+        precision = None
+    return {"precision": precision, "max_micro_batch": caps.get(type_)}
+
+
+def _workers(
+    job: d.JobView, desired: Sequence[pl.WorkerSlot], world: World, caps: Mapping[str, int]
+) -> WorkersStatus:
+    """Counts per type, for every type with workers or a micro-batch cap in force (which it keeps)."""
+    want = Counter(s.type for s in desired)
+    have = Counter(m["type"] for m in world.members)
+    by_type = {
+        t: TypeWorkers(desired=want.get(t, 0), ready=have.get(t, 0), **_pool_settings(job, t, caps))
+        for t in sorted(set(want) | set(have) | set(caps))
+    }
+    return WorkersStatus(desired=len(desired), ready=len(world.members), by_type=by_type or None)
+
+
+def member_statuses(
+    job: d.JobView, pods: JobPods, world: World, caps: Mapping[str, int]
+) -> list[MemberStatus]:
+    """The world's members as the status lists them, each with its ``slots`` (the training processes its
+    pod runs, one per accelerator the pod requested) and, in a new epoch, its type's micro-batch cap in
+    force (a member of an unchanged world keeps what its processes formed with)."""
+    by_name = {p["metadata"]["name"]: p for p in pods.owned}
+    out = []
+    for m in world.members:
+        extra: dict[str, Any] = {}
+        if m.get("slots") is None:
+            pod = by_name.get(str(m["pod"]))
+            try:
+                acc = job.accelerator(str(m["type"]))
+            except KeyError:
+                extra["slots"] = 1
+            else:
+                extra["slots"] = (
+                    o.pod_accelerators(pod, acc.resource_name) if pod is not None else acc.per_worker
+                )
+        if world.changed and str(m["type"]) in caps:
+            extra["maxMicroBatch"] = caps[str(m["type"])]
+        out.append(MemberStatus.model_validate({**m, **extra}))
+    return out
+
+
+def build_status(
     job: d.JobView,
-    alive: Sequence[Mapping[str, Any]],
-    all_pods: Sequence[Mapping[str, Any]],
+    pods: JobPods,
+    life: Lifecycle,
+    world: World,
+    state: PhaseState,
+    conditions: list[Condition],
+) -> HeteroTrainJobStatus:
+    kept = [p for p in pods.alive if p["metadata"]["name"] not in {n for n, _, _ in life.deletes}]
+    waiting = life.waiting if life.waiting and state.phase not in api.TERMINAL_PHASES else (None, None)
+    last_failure = life.failures.last_failure
+    caps = memory.caps_in_force(job, pods.failed)
+    faults = life.failures
+    # lastCheckpoint and progress are not the operator's: the runtime reports them.
+    return HeteroTrainJobStatus(
+        observed_generation=job.generation,
+        phase=state.phase,
+        conditions=conditions,
+        workers=_workers(job, life.desired, world, caps),
+        mix=format_mix(Counter(m["type"] for m in world.members)),
+        membership=MembershipStatus(
+            epoch=world.epoch,
+            master_port=DEFAULT_MASTER_PORT,
+            world=member_statuses(job, pods, world, caps),
+        ),
+        placement=_placement_rows(kept, life.match.apply),
+        waiting_reason=waiting[0],
+        waiting_message=waiting[1],
+        restarts=life.failures.restarts,
+        in_place_restarts=faults.in_place or None,
+        pod_restarts=faults.pod_restarts or None,
+        counted_process_restarts=dict(faults.counted) or None,
+        last_failure=FailureStatus.model_validate(last_failure) if last_failure else None,
+        failures=[FailureStatus.model_validate(x) for x in faults.history] or None,
+        avoided_nodes=[AvoidedNode.model_validate(x) for x in faults.avoided] or None,
+        start_time=_time(state.start_time),
+        completion_time=_time(state.completion),
+    )
+
+
+def unparseable_status(generation: int | None, stall: Stall, now: datetime) -> dict[str, Any]:
+    """The status of a job whose spec the operator cannot parse: Pending, and one Stalled condition."""
+    stalled = Condition(
+        type=api.CONDITION_STALLED,
+        status="True",
+        reason=stall.reason,
+        message=stall.message,
+        last_transition_time=now.replace(microsecond=0),
+        observed_generation=generation,
+    )
+    status = HeteroTrainJobStatus(
+        observed_generation=generation, phase=api.PHASE_PENDING, conditions=[stalled]
+    )
+    return status.to_apply()
+
+
+def missing_values(missing: Sequence[Missing], phase: Phase, stall: Stall | None) -> dict[str, Value]:
+    """The AcceleratorsMissing warning of a job that runs without some of its types (held while they
+    are missing; not for a stalled, suspended or finished job, whose other conditions say it all)."""
+    if not missing or stall is not None or phase in api.TERMINAL_PHASES or phase == api.PHASE_SUSPENDED:
+        return {}
+    types = ", ".join(m.type for m in missing)
+    message = "; ".join(m.message for m in missing)
+    return {
+        api.CONDITION_ACCELERATORS_MISSING: (
+            True,
+            missing[0].reason,
+            f"{types}: {message}; the job runs on its other types and takes nodes of these when they join",
+        )
+    }
+
+
+def reconcile_job(
+    job: d.JobView,
+    pods: Sequence[Pod],
     job_plan: pl.JobPlan | None,
     settings: Settings,
-    out: Outcome,
-) -> None:
-    """Match the plan's slots to existing pods; create, pin or delete pods for the rest."""
-    slots = (
-        Counter(job_plan.workers) if job_plan is not None and job_plan.admitted else Counter[pl.WorkerSlot]()
+    now: datetime,
+    stall: Stall | None = None,
+    missing: Sequence[Missing] = (),
+    facts: Facts | None = None,
+) -> Outcome:
+    mine = classify_pods(job, pods)
+    life = decide_lifecycle(job, mine, job_plan, settings, now, stall, facts)
+    world = next_world(job, mine, life, now, settings.growth_wait_seconds)
+    state = derive_phase(job, mine, life, world, now)
+    values = {
+        **condition_values(job, mine, life, world, state.phase, stall),
+        **missing_values(missing, state.phase, stall),
+    }
+    conditions = build_conditions(job.status.get("conditions") or [], values, job.generation, now)
+    status = build_status(job, mine, life, world, state, conditions)
+    events = [*life.events, *world_events(job, world)]
+    events += transition_events(job.status, conditions, state.phase, life.waiting)
+    return Outcome(
+        status=status.to_apply(),
+        apply=list(life.match.apply),
+        delete=list(life.deletes),
+        events=events,
+        delete_job=life.delete_job,
+        wake_at=min((t for t in (life.failures.hold_until, life.wake_at) if t is not None), default=None),
     )
-    unplaced = []
-    for p in alive:
-        node = o.pod_node(p)
-        if o.unschedulable(p):
-            # The scheduler could not bind it where it was planned: re-plan it instead of leaving it Pending.
-            out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "Unschedulable"))
-            out.events.append(
-                (
-                    "Normal",
-                    "Replanned",
-                    f"{p['metadata']['name']} could not be bound to {node}; placing it again",
-                )
-            )
-            continue
-        if node is None:
-            unplaced.append(p)
-            continue
-        slot = pl.WorkerSlot(node=node, type=o.worker_type(p))
-        if slots[slot] > 0:
-            slots[slot] -= 1
-        else:
-            out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "NotInPlan"))
-    free = sorted(slots.elements())
-    for p in unplaced:
-        t = o.worker_type(p)
-        match = next((s for s in free if s.type == t), None)
-        if match is None:
-            out.delete.append((p["metadata"]["name"], p["metadata"]["uid"], "NotInPlan"))
-            continue
-        free.remove(match)
-        out.apply.append(d.worker_pod(job, o.worker_index(p), t, settings, node=match.node))
-    used = {o.worker_index(p) for p in all_pods}  # a name is taken until its pod is gone
-    index = 0
-    for slot in free:
-        while index in used:
-            index += 1
-        used.add(index)
-        # Created gated, then pinned to the planned node: the real kube-scheduler binds it.
-        out.apply.append(d.worker_pod(job, index, slot.type, settings, node=None))
-        out.apply.append(d.worker_pod(job, index, slot.type, settings, node=slot.node))

@@ -18,6 +18,7 @@ from heterotrain_operator.placement import (
     Taint,
     Toleration,
     WorkerSlot,
+    node_keeps,
     node_usable_for,
 )
 
@@ -156,13 +157,18 @@ def check_invariants(snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], resu
         for t, c in counts.items():
             cap = opts[t].max_workers
             assert cap is None or c <= cap, f"{j.key}: {c} {t} workers > cap {cap}"
-        assert abs(jp.throughput - sum(opts[w.type].relative_throughput for w in jp.workers)) < 1e-6
+        assert abs(jp.throughput - sum(opts[w.type].worker_throughput for w in jp.workers)) < 1e-6
+        running = Counter(j.current)
         for w in jp.workers:
             n = nodes[w.node]
-            assert node_usable_for(n, j, opts[w.type]), f"{j.key}: {w} not usable"
+            if running[w] > 0:  # a running worker stays where a running pod may stay
+                running[w] -= 1
+                assert node_keeps(n, j, opts[w.type]), f"{j.key}: running {w} kept where it may not run"
+            else:
+                assert node_usable_for(n, j, opts[w.type]), f"{j.key}: {w} not usable"
             acc[w.node] += opts[w.type].per_worker
-            cpu[w.node] += j.cpu_milli_per_worker
-            mem[w.node] += j.memory_per_worker
+            cpu[w.node] += j.cpu_milli_of(opts[w.type])
+            mem[w.node] += j.memory_of(opts[w.type])
             placed[w.node] += 1
         if len(jp.workers) < j.max_workers:
             assert jp.reason, f"{j.key}: below max without a reason"

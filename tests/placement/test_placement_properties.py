@@ -18,6 +18,7 @@ from heterotrain_operator.placement import (
     Plan,
     Taint,
     Toleration,
+    node_keeps,
     node_usable_for,
     plan,
 )
@@ -136,7 +137,7 @@ def usable_current(snapshot: ClusterSnapshot, j: JobRequest) -> Counter[object]:
     return Counter(
         w
         for w in j.current
-        if w.node in nodes and w.type in opts and node_usable_for(nodes[w.node], j, opts[w.type])
+        if w.node in nodes and w.type in opts and node_keeps(nodes[w.node], j, opts[w.type])
     )
 
 
@@ -360,7 +361,7 @@ def _exact_optimum(
     lo: list[float] = []
     hi: list[float] = []
     for k, (ji, oi, _) in enumerate(var):
-        c[k] = -jobs[ji].accelerators[oi].relative_throughput
+        c[k] = -jobs[ji].accelerators[oi].worker_throughput
     for ji, j in enumerate(jobs):
         a = np.zeros(nx + ny)
         for k, (jj, _, _) in enumerate(var):
@@ -474,3 +475,27 @@ def test_order_respecting_bound_is_above_the_exact_order_optimum_and_our_plan(da
         assert exact <= bound + 1e-6, fn.__name__
         assert result.total_throughput <= bound + 1e-6 or fn is not plan
         assert bound <= free + 1e-6
+
+
+@SETTINGS
+@given(st.data())
+def test_avoided_nodes_get_no_new_worker_of_the_job(data: st.DataObject) -> None:
+    """A job's avoid set (bad or lost nodes) keeps its new workers off them; its running workers stay."""
+    _, _, snap2, jobs = data.draw(evolution_st())
+    names = sorted(n.name for n in snap2.nodes)
+    jobs = [
+        replace(j, avoid=frozenset(data.draw(st.lists(st.sampled_from(names), max_size=3)) if names else ()))
+        for j in jobs
+    ]
+    result = plan(snap2, jobs, now=5.0)
+    check_invariants(snap2, jobs, result)
+    for j in jobs:
+        jp = result.get(j.key)
+        if jp is None:
+            continue
+        kept = Counter(j.current)
+        for w in jp.workers:
+            if kept[w] > 0:
+                kept[w] -= 1
+                continue
+            assert w.node not in j.avoid, (j.key, w, sorted(j.avoid))

@@ -357,10 +357,24 @@ def test_failed_node_workers_are_dropped_and_replaced():
     assert nodes_of(r, "ns/r") == Counter({"h-2": 4})
 
 
-def test_cordoned_node_workers_are_dropped():
+def test_cordoned_node_keeps_its_running_workers_and_gets_no_new_ones():
+    # A cordon only stops scheduling (kubectl drain evicts explicitly): running workers stay, growth goes
+    # elsewhere.
     snap = cluster(node("h-1", unschedulable=True), node("h-2", size=1))
-    r = run(snap, running("ns/r", [("h-1", "h100")] * 2, min_w=1, max_w=2))
-    assert nodes_of(r, "ns/r") == Counter({"h-2": 1})
+    r = run(snap, running("ns/r", [("h-1", "h100")] * 2, min_w=1, max_w=3))
+    assert nodes_of(r, "ns/r") == Counter({"h-1": 2, "h-2": 1})
+
+
+@pytest.mark.parametrize(
+    ("effect", "kept"), [("NoSchedule", True), ("PreferNoSchedule", True), ("NoExecute", False)]
+)
+def test_a_new_taint_moves_running_workers_only_when_it_evicts(effect, kept):
+    # The node lifecycle controller puts node.kubernetes.io/unreachable:NoSchedule on a node whose heartbeat
+    # came late; that must not kill the workers running there (it did, at scale, every minute).
+    taint = Taint("node.kubernetes.io/unreachable", "", effect)
+    snap = cluster(node("h-1", taints=[taint], size=8), node("h-2", size=8))
+    r = run(snap, running("ns/r", [("h-1", "h100")] * 2, min_w=2, max_w=2))
+    assert nodes_of(r, "ns/r") == (Counter({"h-1": 2}) if kept else Counter({"h-2": 2}))
 
 
 def test_running_job_below_min_that_cannot_be_repaired_is_stopped():
@@ -636,3 +650,36 @@ def test_a_later_gang_does_not_decide_whether_an_earlier_one_is_admitted() -> No
     alone = run(snap, *jobs)
     full = run(snap, *jobs, job("ns/hi2", opt("h100", 4), min_w=2, prio=2, created=6.0))
     assert alone["ns/hi1"].admitted == full["ns/hi1"].admitted
+
+
+# ---------------------------------------------------------------------------------------------- per-type pod settings
+
+
+def test_per_type_tolerations_and_selector_apply_to_that_type_only():
+    from dataclasses import replace
+
+    gpu = Taint("dedicated", "train", "NoSchedule")
+    snap = cluster(
+        node("h-1", taints=[gpu]),
+        node("a-1", "a100", taints=[gpu]),
+        node("a-2", "a100", labels=[("zone", "b")]),
+        node("a-3", "a100", labels=[("zone", "a")]),
+    )
+    tol = (Toleration("dedicated", "Equal", "train", "NoSchedule"),)
+    h100 = replace(opt("h100"), tolerations=tol)  # only the h100 workers tolerate the pool's taint
+    a100 = replace(opt("a100"), node_selector=(("zone", "b"),))  # only the a100 workers need zone b
+    r = run(snap, job("ns/a", h100, a100, min_w=1, max_w=32))
+    assert nodes_of(r, "ns/a") == Counter({"h-1": 8, "a-2": 8})
+    # without its own toleration the h100 type has no node; a100 without its selector takes a-3 too
+    r = run(snap, job("ns/a", opt("h100"), opt("a100"), min_w=1, max_w=32))
+    assert nodes_of(r, "ns/a") == Counter({"a-2": 8, "a-3": 8})
+
+
+def test_per_type_cpu_and_memory():
+    from dataclasses import replace
+
+    snap = cluster(node("h-1", cpu=100_000), node("a-1", "a100", mem=100 * GIB))
+    h100 = replace(opt("h100"), cpu_milli_per_worker=40_000)  # 2 fit in 100 cores
+    a100 = replace(opt("a100"), memory_per_worker=30 * GIB)  # 3 fit in 100 GiB
+    r = run(snap, job("ns/a", h100, a100, min_w=1, max_w=16, cpu=1_000, mem=GIB))
+    assert nodes_of(r, "ns/a") == Counter({"h-1": 2, "a-1": 3})

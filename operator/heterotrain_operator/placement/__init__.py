@@ -3,7 +3,7 @@
 Imports only the standard library.  Entry point: :func:`plan`.
 """
 
-from .planner import node_usable_for, plan, tolerates_all
+from .planner import node_keeps, node_usable_for, plan, tolerates_all
 from .types import (
     EFFECT_NO_EXECUTE,
     EFFECT_NO_SCHEDULE,
@@ -50,6 +50,7 @@ __all__ = [
     "Taint",
     "Toleration",
     "WorkerSlot",
+    "node_keeps",
     "node_usable_for",
     "plan",
     "tolerates_all",

@@ -19,7 +19,7 @@ Algorithm (see ``plan``):
    throughput LP of the admitted jobs (projected subgradient, fixed round count), twice: with one capacity
    row per accelerator type, and with one per type and worker size (an 8-accelerator worker can only use
    nodes with 8 free, so the two free on a half-used node do not count for it).  The reduced value of a
-   worker of job j on type t is ``relative_throughput - price * per_worker``: what j gains minus what those
+   worker of job j on type t is ``worker_throughput - price * per_worker``: what j gains minus what those
    accelerators are worth to the other jobs.  This is what decides who gets scarce fast capacity.  The
    average of the rounds' maximisers (ergodic primal recovery) gives each job a target count per type: it
    settles the ties exact prices leave between jobs at the margin.
@@ -87,7 +87,7 @@ from .types import (
     WorkerSlot,
 )
 
-__all__ = ["node_usable_for", "plan", "tolerates_all"]
+__all__ = ["node_keeps", "node_usable_for", "plan", "tolerates_all"]
 
 _EPS = 1e-9
 _PRICE_ROUNDS = 200
@@ -129,8 +129,25 @@ def node_usable_for(node: Node, job: JobRequest, option: AcceleratorOption) -> b
         and not node.unschedulable
         and node.accelerator == option.type
         and node.resource_name == option.resource_name
-        and tolerates_all(job.tolerations, node.taints)
-        and _selector_matches(job.node_selector, node.labels)
+        and tolerates_all(job.tolerations_of(option), node.taints)
+        and _selector_matches(job.node_selector_of(option), node.labels)
+    )
+
+
+def node_keeps(node: Node, job: JobRequest, option: AcceleratorOption) -> bool:
+    """Whether a RUNNING worker of ``job`` with ``option`` may stay on ``node`` (ignoring room).
+
+    Kubernetes semantics: what only governs scheduling (a ``NoSchedule`` or ``PreferNoSchedule`` taint, a
+    cordon) never moves a running worker; a node that is not ready, an untolerated ``NoExecute`` taint, a
+    change of the node's type or of the job's node selector does.
+    """
+    evicting = [t for t in node.taints if t.effect == EFFECT_NO_EXECUTE]
+    return (
+        node.ready
+        and node.accelerator == option.type
+        and node.resource_name == option.resource_name
+        and _selector_matches(job.node_selector_of(option), node.labels)
+        and tolerates_all(job.tolerations_of(option), evicting)
     )
 
 
@@ -170,6 +187,8 @@ class _Opt:
     __slots__ = (
         "cap",
         "count",
+        "cpu",
+        "mem",
         "new_nodes",
         "p",
         "pool_set",
@@ -181,11 +200,13 @@ class _Opt:
         "type",
     )
 
-    def __init__(self, option: AcceleratorOption, rank: int, cap: int) -> None:
+    def __init__(self, option: AcceleratorOption, rank: int, cap: int, req: JobRequest) -> None:
         self.type = option.type
+        self.cpu = req.cpu_milli_of(option)  # one worker of this type's cpu and memory
+        self.mem = req.memory_of(option)
         self.resource = option.resource_name
         self.p = option.per_worker
-        self.r = float(option.relative_throughput)
+        self.r = float(option.worker_throughput)
         self.rank = rank  # position in the job's preference order
         self.cap = cap
         self.count = 0
@@ -198,12 +219,11 @@ class _Opt:
 class _Job:
     __slots__ = (
         "admitted",
-        "cpu",
+        "avoid",
         "dropped",
         "idx",
         "kept",
         "max",
-        "mem",
         "message",
         "min",
         "opt_by_type",
@@ -223,8 +243,6 @@ class _Job:
         self.rank = (-req.priority, req.created, req.key)
         self.min = req.min_workers
         self.max = req.max_workers
-        self.cpu = req.cpu_milli_per_worker
-        self.mem = req.memory_per_worker
         self.spread = req.placement == PLACEMENT_SPREAD
         self.opts: list[_Opt] = []  # fastest first, then the user's order
         self.opt_by_type: dict[str, _Opt] = {}
@@ -236,6 +254,7 @@ class _Job:
         self.preempted: list[tuple[int, str]] = []  # (node idx, type)
         self.orig: dict[int, int] = {}  # node idx -> kept workers that were running before this plan
         self.dropped: list[str] = []  # why current workers were dropped
+        self.avoid: frozenset[int] = frozenset()  # node idx that get no new worker of this job
 
 
 def _validate(req: JobRequest) -> str | None:
@@ -247,7 +266,7 @@ def _validate(req: JobRequest) -> str | None:
         return "no accelerator types accepted"
     if req.placement not in (PLACEMENT_PACK, PLACEMENT_SPREAD):
         return f"placement must be Pack or Spread, got {req.placement!r}"
-    if req.cpu_milli_per_worker < 0 or req.memory_per_worker < 0:
+    if any(req.cpu_milli_of(o) < 0 or req.memory_of(o) < 0 for o in req.accelerators):
         return "negative cpu or memory request"
     seen: set[str] = set()
     for o in req.accelerators:
@@ -256,8 +275,8 @@ def _validate(req: JobRequest) -> str | None:
         seen.add(o.type)
         if o.per_worker < 1:
             return f"per_worker must be >= 1 for {o.type}"
-        if not o.relative_throughput >= 0:
-            return f"relative_throughput must be >= 0 for {o.type}"
+        if not o.worker_throughput >= 0:
+            return f"worker_throughput must be >= 0 for {o.type}"
         if o.max_workers is not None and o.max_workers < 0:
             return f"max_workers must be >= 0 for {o.type}"
     caps = sum(req.max_workers if o.max_workers is None else o.max_workers for o in req.accelerators)
@@ -284,7 +303,10 @@ class _Planner:
         self.src_nodes = src_nodes
         self.nodes = [_Node(i, n) for i, n in enumerate(src_nodes)]
         self.by_name = {n.name: n for n in self.nodes}
-        # Pools: usable accelerator nodes grouped by everything eligibility depends on.
+        # Pools: usable accelerator nodes grouped by everything eligibility depends on: type, resource,
+        # taints and the labels some job's node selector names (not every label: hostnames would make a
+        # pool of each node).
+        selected = {k for r in requests for o in r.accelerators for k, _ in r.node_selector_of(o)}
         pool_of: dict[tuple[str, str, tuple[Taint, ...], Labels], _Pool] = {}
         self.pools: list[_Pool] = []
         self.pools_by_type: dict[str, list[_Pool]] = {}
@@ -292,10 +314,11 @@ class _Planner:
             if not src.ready or src.unschedulable or not src.accelerator or not src.resource_name:
                 continue
             taints = tuple(sorted(src.taints, key=lambda t: (t.key, t.value, t.effect)))
-            sig = (src.accelerator, src.resource_name, taints, src.labels)
+            labels = tuple(kv for kv in src.labels if kv[0] in selected)
+            sig = (src.accelerator, src.resource_name, taints, labels)
             pool = pool_of.get(sig)
             if pool is None:
-                pool = _Pool(-1, src.accelerator, src.resource_name, taints, src.labels)
+                pool = _Pool(-1, src.accelerator, src.resource_name, taints, labels)
                 pool_of[sig] = pool
             pool.nodes.append(n.idx)
         for sig in sorted(pool_of, key=lambda s: (s[0], s[1], repr(s[2]), s[3])):
@@ -323,6 +346,7 @@ class _Planner:
         ] = {}
         for j in self.jobs:
             req = j.req
+            j.avoid = frozenset(self.by_name[n].idx for n in req.avoid if n in self.by_name)
             err = _validate(req)
             if err is not None:
                 j.reason, j.message = REASON_INVALID_SPEC, err
@@ -330,19 +354,20 @@ class _Planner:
             opts: list[_Opt] = []
             for rank, o in enumerate(req.accelerators):
                 cap = req.max_workers if o.max_workers is None else min(o.max_workers, req.max_workers)
-                opt = _Opt(o, rank, cap)
+                opt = _Opt(o, rank, cap, req)
+                tolerations, selector = req.tolerations_of(o), req.node_selector_of(o)
                 pref: list[int] = []
                 fallback: list[int] = []
                 for pool in self.pools_by_type.get(o.type, []):
                     if pool.resource != o.resource_name:
                         continue
-                    ck = (req.tolerations, req.node_selector, pool.id)
+                    ck = (tolerations, selector, pool.id)
                     hit = elig_cache.get(ck)
                     if hit is None:
-                        ok = tolerates_all(req.tolerations, pool.taints) and _selector_matches(
-                            req.node_selector, pool.labels
+                        ok = tolerates_all(tolerations, pool.taints) and _selector_matches(
+                            selector, pool.labels
                         )
-                        soft = ok and _prefers_not(req.tolerations, pool.taints)
+                        soft = ok and _prefers_not(tolerations, pool.taints)
                         hit = ((pool.id,), ()) if ok and not soft else (((), (pool.id,)) if ok else ((), ()))
                         elig_cache[ck] = hit
                     pref.extend(hit[0])
@@ -375,8 +400,8 @@ class _Planner:
 
     def _take(self, n: _Node, j: _Job, o: _Opt, kept: bool) -> None:
         n.acc -= o.p
-        n.cpu -= j.cpu
-        n.mem -= j.mem
+        n.cpu -= o.cpu
+        n.mem -= o.mem
         self._touch(n, n.acc + o.p)
         if not kept:
             n.new_acc += o.p
@@ -391,8 +416,8 @@ class _Planner:
 
     def _give(self, n: _Node, j: _Job, o: _Opt, kept: bool) -> None:
         n.acc += o.p
-        n.cpu += j.cpu
-        n.mem += j.mem
+        n.cpu += o.cpu
+        n.mem += o.mem
         self._touch(n, n.acc - o.p)
         if not kept:
             n.new_acc -= o.p
@@ -436,10 +461,17 @@ class _Planner:
             self.log = None
 
     def _fits(self, n: _Node, j: _Job, o: _Opt) -> bool:
-        return n.acc >= o.p and n.cpu >= j.cpu and n.mem >= j.mem
+        return n.acc >= o.p and n.cpu >= o.cpu and n.mem >= o.mem
 
     def _find_in_pool(
-        self, pool: _Pool, p: int, cpu: int, mem: int, spread: bool, exclude: int = -1
+        self,
+        pool: _Pool,
+        p: int,
+        cpu: int,
+        mem: int,
+        spread: bool,
+        exclude: int = -1,
+        avoid: frozenset[int] = frozenset(),
     ) -> _Node | None:
         nodes = self.nodes
         rng = range(pool.maxcap, p - 1, -1) if spread else range(p, pool.maxcap + 1)
@@ -453,7 +485,7 @@ class _Planner:
                 if n.ver != ver:
                     heapq.heappop(bucket)
                     continue
-                if n.cpu >= cpu and n.mem >= mem and idx != exclude:
+                if n.cpu >= cpu and n.mem >= mem and idx != exclude and idx not in avoid:
                     found = n
                     break
                 skipped.append(heapq.heappop(bucket))
@@ -468,7 +500,7 @@ class _Planner:
         for tier in o.pools:
             best: _Node | None = None
             for pid in tier:
-                n = self._find_in_pool(self.pools[pid], o.p, j.cpu, j.mem, j.spread, exclude)
+                n = self._find_in_pool(self.pools[pid], o.p, o.cpu, o.mem, j.spread, exclude, j.avoid)
                 if n is None:
                     continue
                 if best is None:
@@ -494,26 +526,30 @@ class _Planner:
             for slot in sorted(req.current):
                 n = self.by_name.get(slot.node)
                 o = j.opt_by_type.get(slot.type)
-                why: str | None = None
-                if n is None:
-                    why = f"node {slot.node} is gone"
-                elif o is None:
-                    why = f"type {slot.type} is no longer accepted"
-                elif n.pool < 0:
-                    src = self.src_nodes[n.idx]
-                    why = f"node {slot.node} is " + ("not ready" if not src.ready else "not schedulable")
-                elif n.accelerator != slot.type or n.pool not in o.pool_set:
-                    why = f"node {slot.node} no longer matches type, selector or tolerations"
-                elif o.count >= o.cap or j.total >= j.max:
-                    why = "above the job's max_workers"
-                elif not self._fits(n, j, o):
-                    why = f"node {slot.node} has no room left for it"
+                why = self._keep_blocker(j, slot, n, o)
                 if why is None:
                     assert n is not None and o is not None
                     self._take(n, j, o, kept=True)
                     j.orig[n.idx] = j.orig.get(n.idx, 0) + 1
                 else:
                     j.dropped.append(why)
+
+    def _keep_blocker(self, j: _Job, slot: WorkerSlot, n: _Node | None, o: _Opt | None) -> str | None:
+        """Why a running worker cannot stay where it is (see :func:`node_keeps`), or None."""
+        if n is None:
+            return f"node {slot.node} is gone"
+        if o is None:
+            return f"type {slot.type} is no longer accepted"
+        src = self.src_nodes[n.idx]
+        if not src.ready:
+            return f"node {slot.node} is not ready"
+        if not node_keeps(src, j.req, j.req.accelerators[o.rank]):
+            return f"node {slot.node} no longer matches the type, the node selector or a NoExecute taint"
+        if o.count >= o.cap or j.total >= j.max:
+            return "above the job's max_workers"
+        if not self._fits(n, j, o):
+            return f"node {slot.node} has no room left for it"
+        return None
 
     # ------------------------------------------------------------------ phase 2: gang admission
 
@@ -523,7 +559,7 @@ class _Planner:
         for o in j.opts if opts is None else opts:
             while placed < need and o.count < o.cap and j.total < j.max:
                 if only is not None:
-                    if only.pool not in o.pool_set or not self._fits(only, j, o):
+                    if only.pool not in o.pool_set or only.idx in j.avoid or not self._fits(only, j, o):
                         break
                     n: _Node | None = only
                 else:
@@ -576,14 +612,14 @@ class _Planner:
             for i in self.pools[pid].nodes:
                 self.budget -= 1
                 m = self.nodes[i]
-                if m.new and any(x not in protect for x in m.new):
+                if m.new and m.idx not in a.avoid and any(x not in protect for x in m.new):
                     cands.append(m)
         cands.sort(key=lambda m: (-m.acc, m.idx))
         for m in cands[:8]:
             if self.budget <= 0:
                 return None
             mark = self._begin()
-            if self._make_room(m, ob.p, a.cpu, a.mem, protect, depth):
+            if self._make_room(m, ob.p, ob.cpu, ob.mem, protect, depth):
                 return m
             self._rollback(mark)
         return None
@@ -599,7 +635,7 @@ class _Planner:
                 oj = j.opt_by_type.get(oa.type)
                 if oj is None or not oa.new_nodes:
                     continue
-                cand.update(i for i in oa.new_nodes if self.nodes[i].pool in oj.pool_set)
+                cand.update(i for i in oa.new_nodes if self.nodes[i].pool in oj.pool_set and i not in j.avoid)
         placed = 0
         nodes = self.nodes
         protect = frozenset((j.idx,))
@@ -614,7 +650,7 @@ class _Planner:
                     if depth and self.budget <= 0:
                         break
                     mark = self._begin()
-                    if self._make_room(n, oj.p, j.cpu, j.mem, protect, depth):
+                    if self._make_room(n, oj.p, oj.cpu, oj.mem, protect, depth):
                         got = self._fill(j, need - placed, only=n)
                     if got:
                         placed += got
@@ -647,7 +683,7 @@ class _Planner:
         for v in vorder:
             for nidx in v.kept:
                 n = self.nodes[nidx]
-                if n.pool < 0 or not any(n.pool in o.pool_set for o in j.opts):
+                if n.pool < 0 or nidx in j.avoid or not any(n.pool in o.pool_set for o in j.opts):
                     continue
                 r = vrank[v.idx]
                 if nidx not in cand or r < cand[nidx]:
@@ -674,13 +710,15 @@ class _Planner:
                 )
                 if not here:
                     break
-                acc = n.acc + sum(
-                    self.jobs[vi].opt_by_type[n.accelerator or ""].p * min(n.kept[vi], spare[vi])
+                # a node holds one type: every worker of a victim here is of its option for that type
+                vopts = [
+                    (self.jobs[vi].opt_by_type[n.accelerator or ""], min(n.kept[vi], spare[vi]))
                     for _, _, vi in here
-                )
-                cpu = n.cpu + sum(self.jobs[vi].cpu * min(n.kept[vi], spare[vi]) for _, _, vi in here)
-                mem = n.mem + sum(self.jobs[vi].mem * min(n.kept[vi], spare[vi]) for _, _, vi in here)
-                if not any(acc >= o.p and cpu >= j.cpu and mem >= j.mem for o in opts_here):
+                ]
+                acc = n.acc + sum(ov.p * k for ov, k in vopts)
+                cpu = n.cpu + sum(ov.cpu * k for ov, k in vopts)
+                mem = n.mem + sum(ov.mem * k for ov, k in vopts)
+                if not any(acc >= o.p and cpu >= o.cpu and mem >= o.mem for o in opts_here):
                     break
                 v = self.jobs[here[0][2]]
                 ov = v.opt_by_type[n.accelerator or ""]
@@ -1201,26 +1239,26 @@ class _Planner:
                 for nidx in sorted(oa.new_nodes):
                     self.budget -= 1
                     n = self.nodes[nidx]
-                    if n.pool not in ob.pool_set:
+                    if n.pool not in ob.pool_set or nidx in b.avoid:
                         continue
                     # How many of a's workers must leave n so that one worker of b fits.
                     out = max(1, -(-(ob.p - n.acc) // oa.p))
-                    if b.cpu > n.cpu:
-                        out = max(out, -(-(b.cpu - n.cpu) // a.cpu) if a.cpu else _BIG)
-                    if b.mem > n.mem:
-                        out = max(out, -(-(b.mem - n.mem) // a.mem) if a.mem else _BIG)
+                    if ob.cpu > n.cpu:
+                        out = max(out, -(-(ob.cpu - n.cpu) // oa.cpu) if oa.cpu else _BIG)
+                    if ob.mem > n.mem:
+                        out = max(out, -(-(ob.mem - n.mem) // oa.mem) if oa.mem else _BIG)
                     if out > oa.new_nodes[nidx]:
                         continue
                     drop = out <= spare and oa.r <= move_loss
                     loss = out * (oa.r if drop else move_loss)
                     if loss == _INF:
                         continue
-                    acc, cpu, mem = n.acc + out * oa.p, n.cpu + out * a.cpu, n.mem + out * a.mem
+                    acc, cpu, mem = n.acc + out * oa.p, n.cpu + out * oa.cpu, n.mem + out * oa.mem
                     kk = acc // ob.p
-                    if b.cpu:
-                        kk = min(kk, cpu // b.cpu)
-                    if b.mem:
-                        kk = min(kk, mem // b.mem)
+                    if ob.cpu:
+                        kk = min(kk, cpu // ob.cpu)
+                    if ob.mem:
+                        kk = min(kk, mem // ob.mem)
                     kk = min(kk, b.max - b.total, ob.cap - ob.count)
                     if kk * ob.r - loss <= _EPS:
                         continue
@@ -1339,6 +1377,7 @@ class _Planner:
                     for n in of_type
                     if n.acc + n.new_acc - n.new.get(bidx, 0) * p >= p
                     and n.pool in pool_set
+                    and n.idx not in b.avoid
                     and not self._fits(n, b, ob)
                 ),
             )

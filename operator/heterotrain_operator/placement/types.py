@@ -132,8 +132,19 @@ class AcceleratorOption:
     type: str  # matches Node.accelerator
     resource_name: str  # matches Node.resource_name
     per_worker: int = 1  # accelerators one worker of this type takes, on one node
-    relative_throughput: float = 1.0  # throughput of one worker of this type, normalised
+    worker_throughput: float = 1.0  # throughput of one worker of this type (all its accelerators), normalised
     max_workers: int | None = None  # cap on workers of this type for the job
+    # The pod settings of this type's workers where they differ from the job's (None: the job's).
+    cpu_milli_per_worker: int | None = None
+    memory_per_worker: int | None = None
+    tolerations: tuple[Toleration, ...] | None = None
+    node_selector: Labels | None = None
+
+    def __post_init__(self) -> None:
+        if self.node_selector is not None:
+            object.__setattr__(self, "node_selector", _labels(self.node_selector))
+        if self.tolerations is not None:
+            object.__setattr__(self, "tolerations", tuple(self.tolerations))
 
 
 @dataclass(frozen=True, order=True)
@@ -157,12 +168,29 @@ class JobRequest:
     placement: str = PLACEMENT_PACK  # Pack | Spread
     current: tuple[WorkerSlot, ...] = ()  # running workers; empty for a pending job
     suspended: bool = False
+    avoid: frozenset[str] = frozenset()  # nodes that get no new worker of this job (running ones stay)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "avoid", frozenset(self.avoid))
         object.__setattr__(self, "node_selector", _labels(self.node_selector))
         object.__setattr__(self, "accelerators", tuple(self.accelerators))
         object.__setattr__(self, "tolerations", tuple(self.tolerations))
         object.__setattr__(self, "current", tuple(self.current))
+
+    # --- the settings of one option's workers: its own, else the job's ---------------------------
+    def tolerations_of(self, option: AcceleratorOption) -> tuple[Toleration, ...]:
+        return self.tolerations if option.tolerations is None else option.tolerations
+
+    def node_selector_of(self, option: AcceleratorOption) -> Labels:
+        return self.node_selector if option.node_selector is None else option.node_selector
+
+    def cpu_milli_of(self, option: AcceleratorOption) -> int:
+        c = option.cpu_milli_per_worker
+        return self.cpu_milli_per_worker if c is None else c
+
+    def memory_of(self, option: AcceleratorOption) -> int:
+        m = option.memory_per_worker
+        return self.memory_per_worker if m is None else m
 
 
 @dataclass(frozen=True)
@@ -173,7 +201,7 @@ class JobPlan:
     reason: str | None = None  # CamelCase machine reason when not admitted or not at max
     message: str | None = None  # human sentence saying why
     preempted: tuple[WorkerSlot, ...] = ()  # current workers removed to make room for a higher priority job
-    throughput: float = 0.0  # sum of relative_throughput over workers
+    throughput: float = 0.0  # sum of worker_throughput over workers
 
     def count_by_type(self) -> dict[str, int]:
         out: dict[str, int] = {}
