@@ -3,6 +3,7 @@
 * :func:`split_batch` cuts the global batch among ranks by weight
   (largest-remainder rounding, shares sum exactly to the global batch).
 * :func:`cut_ranges` turns the shares into contiguous slices in rank order.
+* :func:`micro_batches` cuts one rank's share into micro-batches of at most its cap.
 * :class:`SampleOrder` is a deterministic permutation of ``range(n)`` per
   data-epoch (a Feistel network with cycle walking: O(1) memory, any index
   computable on its own, so a rank only computes the indices it consumes).
@@ -20,13 +21,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from heterotrain_runtime.contract import split_global_batch
+from heterotrain_contract import split_global_batch
 
 __all__ = [
     "DataCursor",
     "SampleOrder",
     "ThroughputTracker",
     "cut_ranges",
+    "micro_batches",
     "predicted_step_time",
     "split_batch",
 ]
@@ -35,7 +37,7 @@ _MASK64 = (1 << 64) - 1
 
 
 def split_batch(global_batch: int, weights: Sequence[float]) -> list[int]:
-    """Local batch sizes proportional to ``weights`` (see :func:`contract.split_global_batch`)."""
+    """Local batch sizes proportional to ``weights`` (see :func:`heterotrain_contract.split_global_batch`)."""
     return split_global_batch(global_batch, list(weights))
 
 
@@ -49,6 +51,18 @@ def cut_ranges(sizes: Sequence[int]) -> list[tuple[int, int]]:
         out.append((start, start + s))
         start += s
     return out
+
+
+def micro_batches(n: int, cap: int | None) -> list[int]:
+    """Sizes of the micro-batches a share of ``n`` samples is put through, at most ``cap`` each: as few
+    as the cap allows, as even as can be (``[n]`` without a cap, ``[]`` for no sample)."""
+    if n <= 0:
+        return []
+    if cap is None or cap >= n:
+        return [n]
+    if cap < 1:
+        raise ValueError(f"micro-batch cap must be >= 1, got {cap}")
+    return split_global_batch(n, [1.0] * math.ceil(n / cap))
 
 
 def _mix64(x: int) -> int:

@@ -25,6 +25,13 @@ flight.  DCP replicated tensors are de-duplicated across ranks (each rank
 writes a share), and loading re-plans for the current world, so a checkpoint
 saved by 3 ranks loads on 2.
 
+A peer lost during a save's collectives is noticed as in a step's: the ranks
+that talk to it fail at once, and the others as soon as those free the group
+(gloo closes a group's sockets only when it is freed).  So a failed save keeps
+no reference to its group (its frames are cleared, also in the future that
+reports an asynchronous failure), and a group that failed a collective is not
+used again: the next save raises, and the trainer re-forms.
+
 Torch is imported lazily: the pure helpers work without it.
 """
 
@@ -44,6 +51,8 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
+
+from heterotrain_runtime.trainer.failures import drop_frames
 
 log = logging.getLogger("heterotrain.checkpoint")
 
@@ -285,16 +294,27 @@ class CheckpointManager:
         self._stager = _Stager()
         self._pending: Future[int] | None = None
         self._lock = threading.Lock()
+        self._broken: str | None = None  # why the group failed a save's collective (a peer is gone)
         os.makedirs(root, exist_ok=True)
 
     # -- group changes ---------------------------------------------------------
     def rebind(self, process_group: Any, rank: int, world_size: int) -> None:
         self.wait(raise_errors=False)
         self.pg, self.rank, self.world_size = process_group, rank, world_size
+        self._broken = None
 
     def release_group(self) -> None:
         """Forget the process group (the world is torn down); a save still in flight keeps its own."""
-        self.pg = None
+        self.pg, self._broken = None, None
+
+    def _group_failed(self, pg: Any, e: BaseException) -> None:
+        """A save's collective failed on ``pg``: a peer is gone, and a gloo group is not usable after an error.
+
+        Later saves on it raise at once (the caller re-forms, freeing the group, so that peers still
+        blocked on it fail too) instead of blocking on it up to the checkpoint timeout.
+        """
+        if isinstance(e, RuntimeError) and pg is not None and pg is self.pg:  # DistError is a RuntimeError
+            self._broken = str(e).splitlines()[0] if str(e) else type(e).__name__
 
     def tidy(self) -> None:
         """Rank 0, when no save can be in flight (start, re-formation): drop torn dirs, apply retention."""
@@ -353,16 +373,27 @@ class CheckpointManager:
                 log.debug("retention removed steps %s", deleted)
 
     def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], asynchronous: bool) -> float:
-        """Save ``state`` (tensors, nested dicts) as step ``step``; returns the training pause (s)."""
+        """Save ``state`` (tensors, nested dicts) as step ``step``; returns the training pause (s).
+
+        Raises RuntimeError when a collective fails, or failed in the previous (asynchronous) save: a
+        peer is gone, and the caller re-forms the world.
+        """
         self.wait(raise_errors=False)
+        if self._broken is not None:
+            raise RuntimeError(f"the checkpoint group failed in a save: {self._broken}")
         path = os.path.join(self.root, step_dirname(step))
         pg = self.pg  # the save keeps its group even if the world is torn down meanwhile
         t0 = time.perf_counter()
-        if not self._prepare(step, path):
-            return 0.0
+        try:
+            if not self._prepare(step, path):
+                return 0.0
+            if not asynchronous:
+                self._dcp_save(state, path, pg)
+                self._finish(step, path, meta)
+        except BaseException as e:
+            self._group_failed(pg, e)
+            raise
         if not asynchronous:
-            self._dcp_save(state, path, pg)
-            self._finish(step, path, meta)
             pause = time.perf_counter() - t0
             if self.on_saved:
                 self.on_saved("sync", pause, pause)
@@ -378,6 +409,11 @@ class CheckpointManager:
                 self._dcp_save(staged, path, pg)
                 self._finish(step, path, meta)
             except BaseException as e:  # reported through the future
+                self._group_failed(pg, e)
+                # The frames hold ``pg``, and the future holds the frames (a cycle through this closure that
+                # only the garbage collector breaks): peers blocked on the group would wait for it up to the
+                # checkpoint timeout.  Freed now, the group closes its sockets once its owner re-forms.
+                drop_frames(e)
                 fut.set_exception(e)
                 return
             total = time.perf_counter() - t0
@@ -398,7 +434,9 @@ class CheckpointManager:
             return None
         try:
             return fut.result(timeout)
-        except Exception as e:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # also DCP's CheckpointException (a BaseException): a failed save
             if raise_errors:
                 raise
             log.warning("checkpoint save failed: %s", e)

@@ -12,12 +12,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from heterotrain_runtime.cgroups import DEFAULT_CPU_BUDGET_FRACTION, DEFAULT_CPU_PER_SPEED
+
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run a training script", description="Run a training script.")
     p.add_argument("--local", action="store_true", help="on this machine, one process per worker (required)")
     p.add_argument(
-        "--pools", required=True, help="TYPE:COUNT[@SPEED],... e.g. nvidia-a100:2,huawei-ascend-910b:1"
+        "--pools",
+        required=True,
+        help="TYPE:COUNT[xPROCS][@SPEED],... e.g. nvidia-a100:2,huawei-ascend-910b:1x2 "
+        "(PROCS training processes per worker, one per device)",
     )
     p.add_argument("script", help="the training script (uses the SDK, e.g. examples/train.py)")
     p.add_argument("--steps", type=int, default=None, help="training steps (HETEROTRAIN_TOTAL_STEPS)")
@@ -25,8 +30,25 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--checkpoint-dir", default=None)
     p.add_argument("--checkpoint-interval", type=int, default=0, help="checkpoint every N steps")
     p.add_argument("--replace", action="store_true", help="restart dead workers (Replace policy)")
-    p.add_argument("--no-emulate", action="store_true", help="do not emulate the accelerators' speeds")
-    p.add_argument("--base-rate", type=float, default=200.0, help="emulated samples/s at speed 1.0")
+    p.add_argument(
+        "--no-emulate",
+        action="store_true",
+        help="do not emulate the accelerators' speeds (no cgroups: every worker at the machine's full speed)",
+    )
+    p.add_argument(
+        "--cpu-per-speed",
+        type=float,
+        default=DEFAULT_CPU_PER_SPEED,
+        metavar="CORES",
+        help="CPU quota of an emulated device of speed 1.0 (default %(default)s cores; scaled down when the "
+        f"workers together would exceed {DEFAULT_CPU_BUDGET_FRACTION:g} of the machine's cores)",
+    )
+    p.add_argument(
+        "--cgroup-parent",
+        default=None,
+        help="where the workers' cgroups go (default: under this process's own group; "
+        "a leading / starts from the hierarchy's root)",
+    )
     p.add_argument("--max-restarts", type=int, default=0, help="launcher restarts of a failed process")
     p.add_argument("--heartbeat-timeout", type=float, default=10.0)
     p.add_argument("--rebalance-policy", default="Throughput", choices=["Throughput", "Equal"])

@@ -25,31 +25,29 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from heterotrain_contract import torch_backend
+
 DEFAULT_BUCKET_BYTES = 32 * 1024 * 1024
 
 
 def resolve_backend(name: str) -> str:
-    """Map a contract backend name to torch's (and import the vendor plugin)."""
-    name = (name or "gloo").lower()
-    if name == "rccl":
-        return "nccl"  # ROCm builds expose RCCL as "nccl"
+    """Map an API backend name to torch's (and import the vendor plugin)."""
+    name = torch_backend(name)
     if name == "hccl":
         import torch_npu  # noqa: F401  (registers the HCCL backend)
     return name
 
 
-def usable_backend(name: str | None, *, emulated: bool = False) -> str:
+def usable_backend(name: str | None) -> str:
     """The backend this process can really use for its pool.
 
-    An emulated device (the e2e process runner's nodes) or a missing device
-    falls back to gloo, with a warning, instead of failing to form the group:
-    NCCL/RCCL need a CUDA/ROCm device, HCCL needs torch_npu.
+    A missing device (e.g. an emulated one: the e2e process runner's nodes run
+    on the CPU) falls back to gloo, with a warning, instead of failing to form
+    the group: NCCL/RCCL need a CUDA/ROCm device, HCCL needs torch_npu.
     """
     name = (name or "gloo").lower()
     if name == "gloo":
         return name
-    if emulated:
-        return "gloo"
     if name in ("nccl", "rccl"):
         import torch
 

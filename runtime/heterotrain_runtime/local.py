@@ -4,16 +4,28 @@ A supervisor plays the operator's part on one machine: it starts every worker
 as a local process through the launcher, and maintains the membership file the
 launchers read (ranks in pool order, address 127.0.0.1, a fresh free master
 port every epoch, weights from the relative-throughput table of
-:data:`contract.DEFAULT_RELATIVE_THROUGHPUT`).  Each worker emulates its
-accelerator's speed (``HETEROTRAIN_EMULATED_SPEED`` = its relative throughput,
-unless ``--no-emulate``) so that fast and slow pools are visible on one CPU.
+:data:`heterotrain_contract.KNOWN_ACCELERATORS`, 1.0 for
+other types).
+
+Emulated devices (unless ``--no-emulate``): each worker's process tree runs in
+a cgroup of its own whose CPU quota is its devices' speed (one device per
+training process) times a per-unit quota (:mod:`heterotrain_runtime.cgroups`: 0.15 of a core at speed 1.0 by
+default, ``--cpu-per-speed``, scaled down so that all workers together fit in
+0.75 of the machine's cores), with one torch/OpenMP thread per process so that
+the quota means what it says: a slower device really computes slower, the way
+a kubelet enforces ``limits.cpu``.  The training code is not told its speed.
+Without usable cgroups (cgroup v1 cpu and memory controllers, root) local mode
+stops with an error saying what is missing; ``--no-emulate`` runs every worker
+at the machine's full speed instead.
 
 When a worker dies the supervisor publishes a new epoch without it; with
 ``--replace`` it starts a new process for it and publishes another epoch with
 it once the process is ready (its SDK wrote the handshake file).  Progress
 (step, loss, samples/s per pool) is printed from rank 0's progress file.
 
-Pool syntax: ``TYPE:COUNT`` or ``TYPE:COUNT@SPEED`` (speed overrides the table).
+Pool syntax: ``TYPE:COUNT[xPROCS][@SPEED]``: COUNT workers ("pods") of TYPE, each running PROCS
+training processes (one per emulated device, default 1) under its launcher; SPEED (one device's)
+overrides the table.
 """
 
 from __future__ import annotations
@@ -33,15 +45,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from heterotrain_runtime import contract
-from heterotrain_runtime.contract import Member, Membership
+import heterotrain_contract as hc
+from heterotrain_contract import Member, Membership
+from heterotrain_runtime import cgroups, envvars
+from heterotrain_runtime.cgroups import Cgroup, Cgroups, CgroupUnavailable, Limits
+from heterotrain_runtime.launcher import handshake_path
+
+NO_EMULATION_HINT = "or run with --no-emulate: every worker at the machine's full speed"
 
 
 @dataclass(frozen=True)
 class PoolSpec:
     type: str
-    count: int
-    speed: float
+    count: int  # workers
+    speed: float  # one device's
+    processes: int = 1  # training processes (devices) per worker
 
 
 def parse_pools(spec: str) -> list[PoolSpec]:
@@ -55,12 +73,16 @@ def parse_pools(spec: str) -> list[PoolSpec]:
             part, s = part.rsplit("@", 1)
             speed = float(s)
         if ":" not in part:
-            raise ValueError(f"pool {part!r}: expected TYPE:COUNT")
+            raise ValueError(f"pool {part!r}: expected TYPE:COUNT[xPROCS]")
         t, c = part.rsplit(":", 1)
-        count = int(c)
+        c, _, procs = c.partition("x")
+        count, processes = int(c), int(procs or 1)
         if count < 1:
             raise ValueError(f"pool {t!r}: count must be >= 1")
-        out.append(PoolSpec(t, count, speed if speed is not None else contract.relative_throughput(t)))
+        if not 1 <= processes <= hc.MAX_SLOTS:
+            raise ValueError(f"pool {t!r}: processes per worker must be 1..{hc.MAX_SLOTS}")
+        speed = speed if speed is not None else hc.relative_throughput(t)
+        out.append(PoolSpec(t, count, speed, processes))
     if not out:
         raise ValueError("no pools")
     return out
@@ -91,7 +113,7 @@ def free_port(span: int = 1) -> int:
 class Worker:
     pod: str
     type: str
-    speed: float
+    speed: float  # one device's
     proc: subprocess.Popen[bytes] | None = None
     workdir: str = ""
     generation: int = 0
@@ -99,10 +121,17 @@ class Worker:
     returncode: int | None = None
     log_file: IO[bytes] | None = None
     relay: threading.Thread | None = None
+    processes: int = 1  # training processes (emulated devices) under its launcher
+    cgroup: Cgroup | None = None  # its emulated devices' CPU quota (speed x processes)
 
     @property
     def handshake(self) -> str:
-        return os.path.join(self.workdir, "sdk-handshake.json")
+        """The handshake file of its first process."""
+        return handshake_path(self.workdir, 0)
+
+    def ready(self) -> bool:
+        """Every process of the worker wrote its SDK handshake."""
+        return all(os.path.exists(handshake_path(self.workdir, i)) for i in range(self.processes))
 
 
 @dataclass
@@ -116,8 +145,10 @@ class LocalSupervisor:
     checkpoint_interval_steps: int = 0
     replace: bool = False
     max_replacements: int = 3
-    emulate: bool = True
-    base_rate: float = 200.0
+    emulate: bool = True  # a CPU quota per worker, proportional to its speed (cgroups)
+    cpu_per_speed: float = cgroups.DEFAULT_CPU_PER_SPEED  # cores at speed 1.0, before fitting the machine
+    cpu_budget_fraction: float = cgroups.DEFAULT_CPU_BUDGET_FRACTION
+    cgroup_parent: str | None = None  # default: this process's own group
     max_restarts: int = 0
     heartbeat_timeout: float = 10.0
     rebalance_policy: str = "Throughput"
@@ -141,48 +172,48 @@ class LocalSupervisor:
         self.workers: list[Worker] = []
         for pool in self.pools:
             for i in range(pool.count):
-                self.workers.append(Worker(f"{pool.type}-{i}", pool.type, pool.speed))
+                self.workers.append(
+                    Worker(f"{pool.type}-{i}", pool.type, pool.speed, processes=pool.processes)
+                )
         self.replacements = 0
         self._progress_pos = 0
         self.last_progress: dict[str, Any] | None = None
         self.events: list[tuple[float, str]] = []
         self._completed_at: float | None = None
+        self.cgroups: Cgroups | None = None
+        self.cores_per_speed: float | None = None  # set when the first worker starts (emulation only)
 
     # -- processes ---------------------------------------------------------------
     def _env(self, w: Worker) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
-                contract.ENV_JOB_NAME: "local",
-                contract.ENV_NAMESPACE: "local",
-                contract.ENV_POD_NAME: w.pod,
-                contract.ENV_POD_IP: "127.0.0.1",
-                contract.ENV_NODE_NAME: socket.gethostname(),
-                contract.ENV_ACCELERATOR: w.type,
-                contract.ENV_BACKEND: "gloo",
-                contract.ENV_RELATIVE_THROUGHPUT: repr(w.speed),
-                contract.ENV_MEMBERSHIP_SOURCE: contract.MEMBERSHIP_SOURCE_FILE_PREFIX + self.membership_file,
-                contract.ENV_GLOBAL_BATCH_SIZE: str(self.global_batch_size),
-                contract.ENV_MAX_RESTARTS: str(self.max_restarts),
-                contract.ENV_HEARTBEAT_TIMEOUT: repr(self.heartbeat_timeout),
-                contract.ENV_REBALANCE_POLICY: self.rebalance_policy,
-                contract.ENV_REBALANCE_MIN_INTERVAL: repr(self.rebalance_min_interval),
-                contract.ENV_PROGRESS_FILE: self.progress_file,
-                contract.ENV_EMULATED_BASE_RATE: repr(self.base_rate),
+                hc.ENV_JOB_NAME: "local",
+                hc.ENV_NAMESPACE: "local",
+                hc.ENV_POD_NAME: w.pod,
+                hc.ENV_ACCELERATOR: w.type,
+                hc.ENV_BACKEND: "gloo",
+                hc.ENV_MEMBERSHIP_SOURCE: hc.MEMBERSHIP_SOURCE_FILE_PREFIX + self.membership_file,
+                hc.ENV_GLOBAL_BATCH_SIZE: str(self.global_batch_size),
+                hc.ENV_MAX_RESTARTS: str(self.max_restarts),
+                hc.ENV_HEARTBEAT_TIMEOUT: repr(self.heartbeat_timeout),
+                hc.ENV_REBALANCE_POLICY: self.rebalance_policy,
+                hc.ENV_REBALANCE_MIN_INTERVAL: repr(self.rebalance_min_interval),
+                envvars.ENV_PROGRESS_FILE: self.progress_file,
                 "PYTHONUNBUFFERED": "1",
                 "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
             }
         )
-        if self.emulate:
-            env[contract.ENV_EMULATED_SPEED] = repr(w.speed)
+        if self.emulate:  # one compute thread: the CPU quota is the device's whole speed
+            env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         if self.steps is not None:
-            env[contract.ENV_TOTAL_STEPS] = str(self.steps)
+            env[envvars.ENV_TOTAL_STEPS] = str(self.steps)
         if self.checkpoint_dir:
-            env[contract.ENV_CHECKPOINT_DIR] = self.checkpoint_dir
+            env[hc.ENV_CHECKPOINT_DIR] = self.checkpoint_dir
             if self.checkpoint_interval_steps:
-                env[contract.ENV_CHECKPOINT_INTERVAL_STEPS] = str(self.checkpoint_interval_steps)
+                env[hc.ENV_CHECKPOINT_INTERVAL_STEPS] = str(self.checkpoint_interval_steps)
         if self.sample_log_dir:
-            env[contract.ENV_SAMPLE_LOG_DIR] = self.sample_log_dir
+            env[envvars.ENV_SAMPLE_LOG_DIR] = self.sample_log_dir
         env.update(self.extra_env)
         return env
 
@@ -194,11 +225,13 @@ class LocalSupervisor:
         cmd = [
             self.python,
             "-m",
-            contract.LAUNCH_MODULE,
+            hc.LAUNCH_MODULE,
             "launch",
             "--workdir",
             w.workdir,
             "--start-before-member",
+            "--nproc-per-worker",
+            str(w.processes),
             "--poll-interval",
             "0.1",
             "--",
@@ -212,14 +245,52 @@ class LocalSupervisor:
             stdout = w.log_file
         else:
             stdout = subprocess.DEVNULL
+        w.cgroup = self._cgroup(w)
         w.proc = subprocess.Popen(
-            cmd, env=self._env(w), stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=self._env(w),
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=None if w.cgroup is None else w.cgroup.preexec(),
         )
         w.state, w.returncode = "starting", None
         if self.output == "relay":
             w.relay = threading.Thread(target=self._relay, args=(w, w.proc), daemon=True)
             w.relay.start()
-        self._event(f"started {w.pod} (generation {w.generation})")
+        quota = (
+            ""
+            if w.cgroup is None or w.cgroup.limits.cpu is None
+            else f", {w.cgroup.limits.cpu.cores:.3g} cores"
+        )
+        self._event(f"started {w.pod} (generation {w.generation}{quota})")
+
+    def _cgroup(self, w: Worker) -> Cgroup | None:
+        """A fresh cgroup for the worker's new process (None without emulation)."""
+        if not self.emulate:
+            return None
+        if self.cgroups is None:
+            self.cgroups = Cgroups(
+                "local",
+                parent=self.cgroup_parent,
+                hint=NO_EMULATION_HINT,
+                cpu_shares=cgroups.CAPPED_OWNER_CPU_SHARES,  # every worker's group is capped
+            )
+            total = sum(x.speed * x.processes for x in self.workers)
+            cores = self.cgroups.available_cores()
+            self.cores_per_speed = cgroups.cpu_per_speed(
+                total, cores, self.cpu_per_speed, self.cpu_budget_fraction
+            )
+            self._event(
+                f"emulated devices: a CPU quota of {self.cores_per_speed:.3g} cores per unit of speed "
+                f"({cores:g} cores here)"
+            )
+        assert self.cores_per_speed is not None
+        if w.cgroup is not None:
+            w.cgroup.remove()
+        # one device's quota per training process under the worker's launcher
+        cores = w.speed * w.processes * self.cores_per_speed
+        return self.cgroups.group(f"{w.pod}.{w.generation}", Limits.of(cores=cores))
 
     def _relay(self, w: Worker, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -229,20 +300,22 @@ class LocalSupervisor:
                 continue  # progress is printed by the supervisor
             self.print_fn(f"[{w.pod}] {text}")
 
-    def user_pid(self, pod: str) -> int | None:
-        """Pid of a worker's user process (from its SDK handshake), if it is up."""
+    def user_pid(self, pod: str, local_rank: int = 0) -> int | None:
+        """Pid of a worker's user process ``local_rank`` (from its SDK handshake), if it is up."""
         for w in self.workers:
             if w.pod == pod:
                 try:
-                    with open(w.handshake, encoding="utf-8") as f:
+                    with open(handshake_path(w.workdir, local_rank), encoding="utf-8") as f:
                         return int(json.load(f)["pid"])
                 except (FileNotFoundError, ValueError, KeyError):
                     return None
         return None
 
-    def add_worker(self, pod: str, type_: str, speed: float | None = None) -> Worker:
+    def add_worker(self, pod: str, type_: str, speed: float | None = None, processes: int = 1) -> Worker:
         """A new worker process (not a member until published)."""
-        w = Worker(pod, type_, speed if speed is not None else contract.relative_throughput(type_))
+        w = Worker(
+            pod, type_, speed if speed is not None else hc.relative_throughput(type_), processes=processes
+        )
         self.workers.append(w)
         self.spawn(w)
         return w
@@ -284,12 +357,13 @@ class LocalSupervisor:
                 rank=r,
                 type=w.type,
                 address="127.0.0.1",
-                weight=1.0 if self.initial_weights == "equal" else w.speed,
+                weight=(1.0 if self.initial_weights == "equal" else w.speed) * w.processes,
+                slots=w.processes,
             )
             for r, w in enumerate(members)
         )
         self.membership = Membership(epoch=self.epoch, world=world, master_port=free_port())
-        contract.write_membership_file(self.membership_file, self.membership)
+        hc.write_membership_file(self.membership_file, self.membership)
         self._event(
             f"epoch {self.epoch}: " + (", ".join(f"{m.rank}:{m.pod}" for m in world) if world else "(empty)")
         )
@@ -302,7 +376,7 @@ class LocalSupervisor:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             self._reap()
-            if all(w.state != "starting" or os.path.exists(w.handshake) for w in self.workers):
+            if all(w.state != "starting" or w.ready() for w in self.workers):
                 break
             time.sleep(0.05)
         if pods is None:
@@ -320,6 +394,9 @@ class LocalSupervisor:
                 w.state = "done" if w.returncode == 0 and was_member else "dead"
                 if w.log_file is not None:
                     w.log_file.close()
+                if w.cgroup is not None:
+                    w.cgroup.remove()  # what the launcher left running goes with it
+                    w.cgroup = None
                 self._event(f"{w.pod} exited with {w.returncode}")
                 ended.append(w)
         return ended
@@ -352,11 +429,7 @@ class LocalSupervisor:
                     self.spawn(w)
         if changed:
             self.publish()
-        ready = [
-            w
-            for w in self.workers
-            if w.state == "starting" and w.generation > 1 and os.path.exists(w.handshake)
-        ]
+        ready = [w for w in self.workers if w.state == "starting" and w.generation > 1 and w.ready()]
         if ready:
             for w in ready:
                 w.state = "member"
@@ -454,6 +527,10 @@ class LocalSupervisor:
                     os.killpg(w.proc.pid, signal.SIGKILL)
             if w.log_file is not None and not w.log_file.closed:
                 w.log_file.close()
+            w.cgroup = None
+        if self.cgroups is not None:
+            self.cgroups.close()  # kills anything left in the workers' groups, removes them
+            self.cgroups = None
 
 
 def run_local(argv: Sequence[str] | None, args: Any) -> int:
@@ -473,7 +550,8 @@ def run_local(argv: Sequence[str] | None, args: Any) -> int:
         checkpoint_interval_steps=args.checkpoint_interval,
         replace=args.replace,
         emulate=not args.no_emulate,
-        base_rate=args.base_rate,
+        cpu_per_speed=args.cpu_per_speed,
+        cgroup_parent=args.cgroup_parent,
         max_restarts=args.max_restarts,
         heartbeat_timeout=args.heartbeat_timeout,
         rebalance_policy=args.rebalance_policy,
@@ -484,7 +562,12 @@ def run_local(argv: Sequence[str] | None, args: Any) -> int:
     total = sum(p.count for p in pools)
     print(
         f"[supervisor] {total} workers: "
-        + ", ".join(f"{p.type} x{p.count} (speed {p.speed:g})" for p in pools)
+        + ", ".join(
+            f"{p.type} x{p.count}"
+            + (f" ({p.processes} processes each)" if p.processes > 1 else "")
+            + f" (speed {p.speed:g})"
+            for p in pools
+        )
         + f"; global batch {args.global_batch_size}; workdir {sup.workdir}",
         flush=True,
     )
@@ -495,6 +578,11 @@ def run_local(argv: Sequence[str] | None, args: Any) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         rc = sup.run(timeout=args.timeout)
+    except CgroupUnavailable as e:
+        print(
+            f"heterotrain run --local: cannot emulate the devices' speeds: {e}", file=sys.stderr, flush=True
+        )
+        return 2
     except KeyboardInterrupt:
         print("[supervisor] interrupted; stopping workers", flush=True)
         sup.shutdown()

@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from heterotrain_runtime import contract
-from heterotrain_runtime.contract import Membership
+import heterotrain_contract as hc
+from heterotrain_contract import Membership
+from heterotrain_runtime import envvars
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -48,7 +49,7 @@ class FileSource:
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if key != self._key:
-            self._last = contract.read_membership_file(self.path)
+            self._last = hc.read_membership_file(self.path)
             self._key = key
         return self._last
 
@@ -79,7 +80,7 @@ class KubernetesSource:
         self.namespace, self.name = namespace, name
         # Where the service-account token lives: the standard path in a pod, or where a
         # node without mount namespaces (the e2e process runner) put it.
-        sa_dir = os.environ.get(contract.ENV_SERVICEACCOUNT_DIR) or SA_DIR
+        sa_dir = os.environ.get(envvars.ENV_SERVICEACCOUNT_DIR) or SA_DIR
         token_path = token_path or f"{sa_dir}/token"
         ca_path = ca_path or f"{sa_dir}/ca.crt"
         self.token_path, self.ca_path, self.timeout = token_path, ca_path, timeout
@@ -95,10 +96,7 @@ class KubernetesSource:
 
     @property
     def path(self) -> str:
-        return (
-            f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{self.namespace}/"
-            f"{contract.PLURAL}/{self.name}"
-        )
+        return f"/apis/{hc.GROUP}/{hc.VERSION}/namespaces/{self.namespace}/{hc.PLURAL}/{self.name}"
 
     def describe(self) -> str:
         return f"kubernetes:{self.namespace}/{self.name}"
@@ -112,37 +110,18 @@ class KubernetesSource:
         return self._get_with_client()
 
     def _get_https(self) -> Mapping[str, Any]:
-        assert self.api_base is not None
-        req = urllib.request.Request(self.api_base + self.path, headers={"Accept": "application/json"})
-        if os.path.exists(self.token_path):
-            with open(self.token_path, encoding="utf-8") as f:  # re-read: projected tokens rotate
-                req.add_header("Authorization", f"Bearer {f.read().strip()}")
-        ctx = None
-        if self.api_base.startswith("https://"):
-            ctx = ssl.create_default_context(cafile=self.ca_path if os.path.exists(self.ca_path) else None)
-        with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
-            data: Mapping[str, Any] = json.loads(resp.read().decode("utf-8"))
+        data: Mapping[str, Any] = json.loads(self.request("GET", self.path))
         return data
 
-    def apply_status(self, status: Mapping[str, Any], field_manager: str = "heterotrain-runtime") -> None:
-        """Server-side apply fields of the job's status under the runtime's own field manager.
-
-        The operator owns the rest of the status; fields applied here (``lastCheckpoint``)
-        are the runtime's, so neither side overwrites the other.
-        """
-        assert self.api_base is not None, "status reports need the in-cluster API (KUBERNETES_SERVICE_HOST)"
-        body = {
-            "apiVersion": f"{contract.GROUP}/{contract.VERSION}",
-            "kind": contract.KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace},
-            "status": dict(status),
-        }
-        req = urllib.request.Request(
-            f"{self.api_base}{self.path}/status?fieldManager={field_manager}&force=true",
-            data=json.dumps(body).encode(),
-            method="PATCH",
-            headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-        )
+    def request(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> bytes:
+        """One call to the API server with the pod's service-account token (re-read: projected tokens
+        rotate) and CA; the response's body."""
+        assert self.api_base is not None, "needs the in-cluster API (KUBERNETES_SERVICE_HOST)"
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.api_base + path, data=data, method=method, headers=headers)
         if os.path.exists(self.token_path):
             with open(self.token_path, encoding="utf-8") as f:
                 req.add_header("Authorization", f"Bearer {f.read().strip()}")
@@ -150,7 +129,28 @@ class KubernetesSource:
         if self.api_base.startswith("https://"):
             ctx = ssl.create_default_context(cafile=self.ca_path if os.path.exists(self.ca_path) else None)
         with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
-            resp.read()
+            out: bytes = resp.read()
+        return out
+
+    def apply_status(self, status: Mapping[str, Any], field_manager: str = "heterotrain-runtime") -> None:
+        """Server-side apply fields of the job's status under the runtime's own field manager.
+
+        The operator owns the rest of the status; fields applied here (``lastCheckpoint``)
+        are the runtime's, so neither side overwrites the other.
+        """
+        body = {
+            "apiVersion": f"{hc.GROUP}/{hc.VERSION}",
+            "kind": hc.KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "status": dict(status),
+        }
+        path = f"{self.path}/status?fieldManager={field_manager}&force=true"
+        self.request("PATCH", path, body, "application/apply-patch+yaml")
+
+    def patch_pod_status(self, pod: str, patch: Mapping[str, Any]) -> None:
+        """A strategic-merge patch of a pod's status in the job's namespace (the launcher's condition)."""
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{pod}/status"
+        self.request("PATCH", path, dict(patch), "application/strategic-merge-patch+json")
 
     def _get_with_client(self) -> Mapping[str, Any]:
         if self._client is None:
@@ -164,7 +164,7 @@ class KubernetesSource:
             load()
             self._client = client.CustomObjectsApi()
         job: Mapping[str, Any] = self._client.get_namespaced_custom_object(
-            contract.GROUP, contract.VERSION, self.namespace, contract.PLURAL, self.name
+            hc.GROUP, hc.VERSION, self.namespace, hc.PLURAL, self.name
         )
         return job
 
@@ -172,7 +172,7 @@ class KubernetesSource:
 def status_reporter(env: Mapping[str, str] | None = None) -> KubernetesSource | None:
     """A handle to report into the job's status, when running in a pod of a HeteroTrainJob."""
     env = os.environ if env is None else env
-    ns, name = env.get(contract.ENV_NAMESPACE), env.get(contract.ENV_JOB_NAME)
+    ns, name = env.get(hc.ENV_NAMESPACE), env.get(hc.ENV_JOB_NAME)
     if not ns or not name or not env.get("KUBERNETES_SERVICE_HOST"):
         return None
     return KubernetesSource(ns, name)
@@ -180,14 +180,14 @@ def status_reporter(env: Mapping[str, str] | None = None) -> KubernetesSource | 
 
 def source_from_env(env: Mapping[str, str] | None = None) -> MembershipSource:
     env = os.environ if env is None else env
-    spec = env.get(contract.ENV_MEMBERSHIP_SOURCE, contract.MEMBERSHIP_SOURCE_KUBERNETES)
-    if spec.startswith(contract.MEMBERSHIP_SOURCE_FILE_PREFIX):
-        return FileSource(spec[len(contract.MEMBERSHIP_SOURCE_FILE_PREFIX) :])
-    if spec == contract.MEMBERSHIP_SOURCE_KUBERNETES:
-        ns = env.get(contract.ENV_NAMESPACE)
-        name = env.get(contract.ENV_JOB_NAME)
+    spec = env.get(hc.ENV_MEMBERSHIP_SOURCE, hc.MEMBERSHIP_SOURCE_KUBERNETES)
+    if spec.startswith(hc.MEMBERSHIP_SOURCE_FILE_PREFIX):
+        return FileSource(spec[len(hc.MEMBERSHIP_SOURCE_FILE_PREFIX) :])
+    if spec == hc.MEMBERSHIP_SOURCE_KUBERNETES:
+        ns = env.get(hc.ENV_NAMESPACE)
+        name = env.get(hc.ENV_JOB_NAME)
         if not ns or not name:
-            raise ValueError(f"{contract.ENV_NAMESPACE} and {contract.ENV_JOB_NAME} must be set")
+            raise ValueError(f"{hc.ENV_NAMESPACE} and {hc.ENV_JOB_NAME} must be set")
         return KubernetesSource(ns, name)
     raise ValueError(f"unknown membership source {spec!r}")
 
@@ -219,8 +219,8 @@ def diff_membership(old: Membership | None, new: Membership) -> MembershipDiff:
 
 
 def pools(membership: Membership) -> dict[str, list[int]]:
-    """Ranks of every accelerator type, in rank order (dict ordered by lowest rank)."""
+    """Global ranks of every accelerator type's processes, in rank order (dict ordered by lowest rank)."""
     out: dict[str, list[int]] = {}
-    for m in membership.world:
-        out.setdefault(m.type, []).append(m.rank)
+    for p in membership.processes:
+        out.setdefault(p.type, []).append(p.rank)
     return out

@@ -3,7 +3,8 @@
 ``prometheus_client`` is optional: in a user image without it every metric is
 a no-op, so the launcher and the SDK never fail for want of it.  Set
 ``HETEROTRAIN_METRICS_PORT`` to serve the registry over HTTP (the SDK process
-uses that port; the launcher uses ``HETEROTRAIN_LAUNCHER_METRICS_PORT``).
+uses that port; the launcher uses ``HETEROTRAIN_LAUNCHER_METRICS_PORT``), on
+``HETEROTRAIN_POD_IP`` when set (the operator sets it and, by default, the port).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import os
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-ENV_LAUNCHER_METRICS_PORT = "HETEROTRAIN_LAUNCHER_METRICS_PORT"
 
 
 class _Noop:
@@ -97,8 +96,11 @@ class RuntimeMetrics:
         if port_env:
             port = os.environ.get(port_env)
             if port:
+                # On the pod IP when known (where Prometheus scrapes it): pods that share a host's
+                # network, as on the e2e suite's process nodes, then never clash on the port.
+                addr = os.environ.get("HETEROTRAIN_POD_IP") or "0.0.0.0"
                 try:
-                    pc.start_http_server(int(port), registry=r)
+                    pc.start_http_server(int(port), addr=addr, registry=r)
                 except OSError as e:
                     log.warning("cannot serve metrics on port %s: %s", port, e)
 

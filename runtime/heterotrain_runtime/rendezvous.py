@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
+from torch.distributed import distributed_c10d
 
 
 class Aborted(Exception):
@@ -99,7 +100,13 @@ def join(
 
 
 def init_world(store: Any, epoch: int, round_: int, rank: int, world_size: int, timeout: float) -> None:
-    """Initialise the default (gloo) process group of a complete round."""
+    """Initialise the default (gloo) process group of a complete round.
+
+    Every rank starts the world's group names from 0: torch names a group by a process-wide counter
+    that only the destruction of a formed world resets, so a process whose earlier attempt failed
+    half-way (a timeout inside ``init_process_group``) would otherwise name its groups ahead of a fresh
+    process's, and the two wait for each other's keys under different names for ever."""
+    reset_group_names()
     dist.init_process_group(
         backend="gloo",
         store=dist.PrefixStore(  # type: ignore[attr-defined]
@@ -109,6 +116,13 @@ def init_world(store: Any, epoch: int, round_: int, rank: int, world_size: int, 
         world_size=world_size,
         timeout=timedelta(seconds=timeout),
     )
+
+
+def reset_group_names() -> None:
+    """Name the next process group as a fresh process would (no world may exist in this process)."""
+    if dist.is_initialized():
+        raise RuntimeError("a world is formed in this process; tear it down first")
+    distributed_c10d._world.group_count = 0
 
 
 def wait_for_server(
@@ -160,7 +174,29 @@ def connect_store(
         return store
 
 
+def listen(addr: str, port: int) -> int:
+    """A listening socket on ``addr:port`` (the rank-0 member's own address), its descriptor handed over."""
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
 def make_store(addr: str, port: int, is_master: bool, timeout: float) -> Any:
+    """A client of the store at ``addr:port``, or (``is_master``) the store itself, listening on ``addr``
+    only: a TCPStore server otherwise binds the port on every address, and two worlds' rank 0 that share
+    a network (pods on the host network, test nodes whose pods are local processes) would clash."""
+    fd = None
+    if is_master:
+        try:
+            fd = listen(addr, port)
+        except OSError as e:
+            raise RuntimeError(f"cannot listen on {addr}:{port}: {e}") from e
     return dist.TCPStore(  # type: ignore[attr-defined]
         addr,
         port,
@@ -168,4 +204,5 @@ def make_store(addr: str, port: int, is_master: bool, timeout: float) -> Any:
         is_master,
         timedelta(seconds=timeout),
         wait_for_workers=False,
+        master_listen_fd=fd,  # the store owns it (and closes it) from now on
     )

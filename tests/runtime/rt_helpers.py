@@ -17,6 +17,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "train.py"
+COMPUTE = REPO / "benchmarks" / "runtime" / "compute_train.py"  # a step of real compute, per-rank timing
+STALL_TRAIN = Path(__file__).resolve().parent / "stall_train.py"  # the example, stopping in a checkpoint
 PYTHON = sys.executable
 
 
@@ -46,12 +48,18 @@ def warm_imports() -> None:
     import torch.distributed.checkpoint.state_dict_saver  # noqa: F401
 
 
-def run_world(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 60.0) -> list[Any]:
+def run_world(
+    fn: Callable[..., Any],
+    world: int,
+    *args: Any,
+    timeout: float = 60.0,
+    may_die: frozenset[int] = frozenset(),
+) -> list[Any]:
     """Run ``fn(rank, world, port, *args)`` in ``world`` forked processes; their results by rank.
 
     Forking from the test process (torch already imported) costs milliseconds
     instead of seconds of imports per process.  Stragglers are killed at the
-    deadline.
+    deadline.  A rank of ``may_die`` whose process exits without a result has None.
     """
     warm_imports()
     ctx = mp.get_context("fork")
@@ -73,6 +81,9 @@ def run_world(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 6
             try:
                 rank, status, value = q.get(timeout=min(left, 1.0))
             except Exception:
+                for r in may_die - set(results):
+                    if procs[r].exitcode is not None:  # gone without a result (and the queue was quiet)
+                        results[r] = None
                 continue
             if status == "ok":
                 results[rank] = value

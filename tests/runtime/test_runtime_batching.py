@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heterotrain_runtime import contract
+import heterotrain_contract as hc
 from heterotrain_runtime.batching import (
     DataCursor,
     SampleOrder,
@@ -26,7 +26,7 @@ def test_split_examples() -> None:
     assert split_batch(7, [0, 0, 0]) == [3, 2, 2]  # no weight: equal
     assert split_batch(0, [1, 2]) == [0, 0]
     assert split_batch(5, []) == []
-    assert contract.split_global_batch(600, [1.0, 2.0, 3.0]) == [100, 200, 300]
+    assert hc.split_global_batch(600, [1.0, 2.0, 3.0]) == [100, 200, 300]
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from heterotrain_runtime import contract
-from heterotrain_runtime.contract import Member, Membership
+import heterotrain_contract as hc
+from heterotrain_contract import Member, Membership
 from heterotrain_runtime.membership import (
     FileSource,
     KubernetesSource,
@@ -45,17 +45,17 @@ def test_file_source(tmp_path: Path) -> None:
     path = tmp_path / "m.json"
     src = FileSource(str(path))
     assert src.read() is None
-    contract.write_membership_file(str(path), _m(1, [("p0", "cpu")]))
+    hc.write_membership_file(str(path), _m(1, [("p0", "cpu")]))
     assert src.read() == _m(1, [("p0", "cpu")])
-    contract.write_membership_file(str(path), _m(2, [("p0", "cpu"), ("p1", "cpu")]))
+    hc.write_membership_file(str(path), _m(2, [("p0", "cpu"), ("p1", "cpu")]))
     m = src.read()
     assert m is not None and m.epoch == 2 and m.world_size == 2
-    src2 = source_from_env({contract.ENV_MEMBERSHIP_SOURCE: f"file:{path}"})
+    src2 = source_from_env({hc.ENV_MEMBERSHIP_SOURCE: f"file:{path}"})
     assert isinstance(src2, FileSource) and src2.read() == m
     with pytest.raises(ValueError):
-        source_from_env({contract.ENV_MEMBERSHIP_SOURCE: "bogus"})
+        source_from_env({hc.ENV_MEMBERSHIP_SOURCE: "bogus"})
     with pytest.raises(ValueError):
-        source_from_env({contract.ENV_MEMBERSHIP_SOURCE: "kubernetes"})  # no namespace/name
+        source_from_env({hc.ENV_MEMBERSHIP_SOURCE: "kubernetes"})  # no namespace/name
 
 
 def test_kubernetes_source_over_http(tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_kubernetes_source_over_http(tmp_path: Path) -> None:
         def do_GET(self) -> None:
             seen["path"] = self.path
             seen["auth"] = self.headers.get("Authorization")
-            body = json.dumps({"kind": contract.KIND, **state}).encode()
+            body = json.dumps({"kind": hc.KIND, **state}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()

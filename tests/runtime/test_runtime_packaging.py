@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rt_helpers import PYTHON
 
-from heterotrain_runtime import contract
+import heterotrain_contract as hc
 from heterotrain_runtime.local import parse_pools
 
 
@@ -20,7 +20,7 @@ def _run(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_package_contract_and_launcher_do_not_import_torch() -> None:
     r = _run(
-        "import sys, heterotrain_runtime, heterotrain_runtime.contract, heterotrain_runtime.launcher, "
+        "import sys, heterotrain_runtime, heterotrain_contract, heterotrain_runtime.launcher, "
         "heterotrain_runtime.membership, heterotrain_runtime.batching, heterotrain_runtime.samplelog, "
         "heterotrain_runtime.local, heterotrain_runtime.cli; "
         "bad = [m for m in ('torch', 'kubernetes', 'kopf', 'heterotrain_operator', 'heterotrain_api') "
@@ -43,18 +43,19 @@ def test_install_makes_the_runtime_importable_from_a_bare_path(tmp_path: Path) -
         [PYTHON, "-m", "heterotrain_runtime.install", str(dest)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in dest.iterdir()) == ["heterotrain_runtime"]
+    assert sorted(p.name for p in dest.iterdir()) == ["heterotrain_contract", "heterotrain_runtime"]
     # -S -I: no site-packages, no PYTHONPATH from the environment: only DEST (and the stdlib)
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(dest)}
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import heterotrain_runtime.launcher as l, "
-        "heterotrain_runtime.contract as c; print(l.__file__.startswith(sys.argv[1]), c.GROUP)"
+        "heterotrain_contract as c; print(l.__file__.startswith(sys.argv[1]), c.__file__.startswith(sys.argv[1]), "
+        "c.GROUP)"
     )
     r = subprocess.run(
         [sys.executable, "-S", "-I", "-c", code, str(dest)], capture_output=True, text=True, env=env
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "heterotrain.io"]
+    assert r.stdout.split() == ["True", "True", "heterotrain.io"]
 
 
 def test_metrics_registry() -> None:
@@ -84,13 +85,11 @@ def test_parse_pools() -> None:
         ("huawei-ascend-910b", 1),
         ("amd-mi300x", 1),
     ]
-    assert pools[0].speed == contract.DEFAULT_RELATIVE_THROUGHPUT["nvidia-a100"] == 1.0
-    assert (
-        pools[1].speed == contract.DEFAULT_RELATIVE_THROUGHPUT["huawei-ascend-910b"] and pools[2].speed == 2.5
-    )
+    # speeds come from the one accelerator table, unless the pool names its own
+    assert pools[0].speed == hc.KNOWN_ACCELERATORS["nvidia-a100"].relative_throughput == 1.0
+    assert pools[1].speed == hc.KNOWN_ACCELERATORS["huawei-ascend-910b"].relative_throughput
+    assert pools[2].speed == 2.5
+    assert parse_pools("example-npu:1")[0].speed == hc.DEFAULT_RELATIVE_THROUGHPUT
     for bad in ("", "nvidia-a100", "x:0"):
         with pytest.raises(ValueError):
             parse_pools(bad)
-    assert contract.default_backend("huawei-ascend-910b") == "hccl"
-    assert contract.default_backend("amd-mi300x") == "nccl"
-    assert contract.default_backend("weird") == "gloo"

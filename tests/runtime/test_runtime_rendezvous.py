@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch.distributed as dist
-from rt_helpers import free_port
+from rt_helpers import free_port, run_world
 
 from heterotrain_runtime import rendezvous
 
@@ -129,3 +129,29 @@ def test_connect_store_waits_for_a_store_that_comes_up_late() -> None:
         assert server[0].get("k") == b"v"
     finally:
         t.join()
+
+
+def _world_after_a_failed_init(rank: int, world: int, port: int) -> float:
+    import torch
+
+    store = dist.TCPStore("127.0.0.1", port, None, rank == 0, timedelta(seconds=30), wait_for_workers=False)  # type: ignore[attr-defined]
+    if rank == 1:
+        # Round 0 never completes (its peer died between commit and init): this rank's init times out.
+        try:
+            rendezvous.init_world(store, 7, 0, rank, world, timeout=1)
+        except (RuntimeError, TimeoutError):
+            pass
+        else:
+            raise AssertionError("the init of an incomplete round succeeded")
+    # Round 1: rank 0 is a fresh process (a replacement worker), rank 1 the survivor of round 0.
+    rendezvous.init_world(store, 7, 1, rank, world, timeout=20)
+    t = torch.tensor([float(rank + 1)])
+    dist.all_reduce(t)
+    dist.destroy_process_group()
+    return float(t.item())
+
+
+def test_a_world_forms_after_a_failed_init_next_to_a_fresh_process() -> None:
+    # torch names groups after a per-process counter that only destroying the default group resets; a
+    # failed init counts a group and leaves none: unreset, the two ranks wait on different keys forever.
+    assert run_world(_world_after_a_failed_init, 2, timeout=60) == [3.0, 3.0]

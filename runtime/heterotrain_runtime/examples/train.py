@@ -22,7 +22,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from heterotrain_runtime import contract
+import heterotrain_contract as hc
+from heterotrain_runtime import envvars
 from heterotrain_runtime.sdk import ElasticTrainer
 
 
@@ -62,24 +63,38 @@ def build_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
 
-def loss_fn(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def loss_fn(
+    model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], activation_mb: float = 0.0
+) -> torch.Tensor:
+    """The mean loss over the local batch.  ``activation_mb`` > 0 makes the forward pass hold that many
+    MB per sample (a wide activation, as a large model's would), so that memory grows with the
+    micro-batch; the loss and its gradient stay the same."""
     x, y = batch
-    return F.mse_loss(model(x), y)  # mean over the local batch
+    out = model(x)
+    if activation_mb > 0:
+        width = max(1, int(activation_mb * 2**20 / 4))
+        wide = out.expand(-1, width).sin()  # x.shape[0] x width floats, written
+        out = out + 0.0 * wide.mean(dim=1, keepdim=True)
+    return F.mse_loss(out, y)
 
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=int(env.get(contract.ENV_TOTAL_STEPS, "100")))
-    p.add_argument(
-        "--global-batch-size", type=int, default=int(env.get(contract.ENV_GLOBAL_BATCH_SIZE, "64"))
-    )
+    p.add_argument("--steps", type=int, default=int(env.get(envvars.ENV_TOTAL_STEPS, "100")))
+    p.add_argument("--global-batch-size", type=int, default=int(env.get(hc.ENV_GLOBAL_BATCH_SIZE, "64")))
     p.add_argument("--dataset-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--checkpoint-dir", default=env.get(contract.ENV_CHECKPOINT_DIR))
+    p.add_argument("--checkpoint-dir", default=env.get(hc.ENV_CHECKPOINT_DIR))
     p.add_argument("--checkpoint-interval", type=int, default=None, help="steps between checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument(
+        "--activation-mb-per-sample",
+        type=float,
+        default=0.0,
+        help="memory the forward pass holds per sample (MB): a large model's footprint, for memory tests",
+    )
     args = p.parse_args(argv)
     if "OMP_NUM_THREADS" not in env:
         torch.set_num_threads(1)
@@ -96,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_interval_steps=args.checkpoint_interval,
         seed=args.seed,
         log_every=args.log_every,
+        total_steps=args.steps,
     )
     while trainer.step < args.steps:
-        trainer.train_step(lambda batch: loss_fn(model, batch))
+        trainer.train_step(lambda batch: loss_fn(model, batch, args.activation_mb_per_sample))
     trainer.finish()
     if trainer.is_rank0:
         print(f"[train.py] done: {trainer.step} steps", flush=True)
