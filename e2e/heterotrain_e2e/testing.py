@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from heterotrain_operator.observe import pod_node
 
 T = TypeVar("T")
 
@@ -126,6 +129,15 @@ class OperatorProcess:
             return ""
 
 
+def pod_pgid(cluster: Cluster, ns: str, pod: str, container: str) -> int:
+    """The process group the process runner started for a pod's container (from its pid files)."""
+    for f in (cluster.state_dir / "procnode" / "pids").glob("*"):
+        fields = f.read_text().split()
+        if len(fields) >= 4 and fields[2] == f"{ns}/{pod}" and fields[3] == container:
+            return int(f.name)
+    raise AssertionError(f"no running {container} process for {ns}/{pod}")
+
+
 def wait_for(what: str, fn: Callable[[], T], timeout: float = 60.0, interval: float = 0.25) -> T:
     """Poll ``fn`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -136,3 +148,70 @@ def wait_for(what: str, fn: Callable[[], T], timeout: float = 60.0, interval: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def busy_workers(cluster: Cluster, namespaces: set[str] | None = None) -> list[str]:
+    """Worker pods (of any job, or of the jobs in ``namespaces``) that are not finished and sit on (or
+    are pinned to, waiting for the scheduler) a process node: they hold its accelerators and its CPU."""
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-A", "-l", "heterotrain.io/role=worker", "-o", "json").stdout
+    )["items"]
+    return [
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+        for p in pods
+        if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        and str(pod_node(p) or "").startswith("proc-")
+        and (namespaces is None or p["metadata"]["namespace"] in namespaces)
+    ]
+
+
+def namespace_names(cluster: Cluster) -> set[str]:
+    return set(cluster.kubectl("get", "namespaces", "-o", "name").stdout.split())
+
+
+def clear_jobs(cluster: Cluster, ns_names: set[str], timeout: float = 120.0) -> list[str]:
+    """Delete every HeteroTrainJob in ``ns_names`` (``namespace/x`` or bare names) and wait until their
+    workers have stopped, so that a failed test's job does not train on under the tests after it. The
+    operator removes the finalizers; if it cannot (a test stopped it), they are removed here. Workers
+    still running at the deadline are deleted at once. Returns what it had to force, for the report."""
+    names = {n.split("/", 1)[-1] for n in ns_names}
+    forced: list[str] = []
+    for n in names:
+        cluster.kubectl("delete", "-n", n, "htj", "--all", "--wait=false", check=False)
+    deadline = time.monotonic() + timeout / 2
+    while time.monotonic() < deadline and _jobs(cluster, names):
+        time.sleep(1.0)
+    for n, job in _jobs(cluster, names):
+        forced.append(f"finalizers of {n}/{job}")
+        cluster.kubectl(
+            "patch",
+            "-n",
+            n,
+            "htj",
+            job,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":null}}',
+            check=False,
+        )
+    deadline = time.monotonic() + timeout / 2
+    while time.monotonic() < deadline and busy_workers(cluster, names):
+        time.sleep(1.0)
+    for pod in busy_workers(cluster, names):
+        forced.append(f"pod {pod}")
+        n, name = pod.split("/", 1)
+        cluster.kubectl(
+            "delete", "-n", n, "pod", name, "--grace-period=0", "--force", "--wait=false", check=False
+        )
+    return forced
+
+
+def _jobs(cluster: Cluster, names: set[str]) -> list[tuple[str, str]]:
+    items = json.loads(
+        cluster.kubectl("get", "htj", "-A", "-o", "json", check=False).stdout or '{"items": []}'
+    )
+    return [
+        (j["metadata"]["namespace"], j["metadata"]["name"])
+        for j in items.get("items", [])
+        if j["metadata"]["namespace"] in names
+    ]

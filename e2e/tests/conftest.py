@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from heterotrain_e2e.cluster import controlplane, toolchain
-from heterotrain_e2e.testing import Cluster, OperatorProcess
+from heterotrain_e2e.testing import (
+    Cluster,
+    OperatorProcess,
+    busy_workers,
+    clear_jobs,
+    namespace_names,
+    wait_for,
+)
 
 REPO = toolchain.REPO
 
@@ -60,3 +67,39 @@ def operator(_operator_process: OperatorProcess) -> OperatorProcess:
     if not _operator_process.alive():
         _operator_process.start()
     return _operator_process
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"_report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_a_failed_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that fails before deleting its jobs leaves them training (CPU, process nodes, accelerators)
+    under every test after it: the jobs in the namespaces it created are deleted and their workers waited
+    for. Passing tests delete their own (a test of the chart checks that they did)."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    before = namespace_names(cluster)
+    yield
+    report = getattr(request.node, "_report_call", None)
+    if report is None or not report.failed:
+        return
+    pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", "--no-headers", check=False).stdout
+    print("pods on the process nodes at the failure:")
+    print("\n".join(line for line in pods.splitlines() if " proc-" in line))
+    forced = clear_jobs(cluster, namespace_names(cluster) - before)
+    if forced:
+        print(f"after the failed test, forced: {', '.join(forced)}")
+
+
+@pytest.fixture
+def idle_process_nodes(cluster: Cluster) -> None:
+    """For tests that count on every process node: the jobs the tests before deleted checkpoint on
+    SIGTERM and may hold accelerators (and CPU) for a while."""
+    wait_for("the process nodes idle", lambda: not busy_workers(cluster), timeout=300, interval=1.0)

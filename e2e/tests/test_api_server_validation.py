@@ -13,6 +13,8 @@ The ``cluster`` fixture (e2e/tests/conftest.py) has applied the CRDs from crds/.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,10 @@ def test_minimal_job_gets_every_default(cluster: Any) -> None:
         "maxRestarts": 10,
         "heartbeatTimeoutSeconds": 15,
         "onWorkerFailure": "Replace",
+        "restartBackoffSeconds": 1,
+        "restartBackoffLimitSeconds": 60,
+        "failureWindowSeconds": 600,
+        "badNodeFailures": 3,
     }
     assert spec["rebalance"] == {"policy": "Throughput", "minIntervalSeconds": 30}
     assert spec["accelerators"] == [{"type": "nvidia-a100", "perWorker": 1}]
@@ -137,5 +143,25 @@ def test_status_subresource_and_printer_columns(cluster: Any) -> None:
     (version,) = crd["spec"]["versions"]
     assert version["subresources"] == {"status": {}}
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Phase", "Ready", "Desired", "Mix", "Restarts", "Checkpoint", "Age"]
+    assert names == ["Phase", "Ready", "Desired", "Mix", "Restarts", "Checkpoint", "Step", "Samples/s", "Age"]
     assert crd["spec"]["names"]["shortNames"] == ["htj"]
+
+
+def test_operator_dev_installs_the_crd_generated_in_process(cluster: Any) -> None:
+    """``heterotrain-operator dev`` applies the CRD built from the API types, not a file; the API server
+    takes it as it takes crds/ (the same object), and serves it."""
+    from heterotrain_api import crdgen
+
+    code = "from heterotrain_operator.main import install_crd; install_crd(timeout=60)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=cluster.env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = cluster.kubectl(
+        "get", "crd", "heterotrainjobs.heterotrain.io", "-o", "json", "--show-managed-fields"
+    )
+    crd = json.loads(got.stdout)
+    managers = {m["manager"] for m in crd["metadata"]["managedFields"]}
+    assert "heterotrain-operator" in managers, managers
+    assert crd["spec"]["versions"][0]["schema"] == crdgen.crd()["spec"]["versions"][0]["schema"]
+    assert yaml.safe_load((REPO / "crds" / crdgen.CRD_FILENAME).read_text()) == crdgen.crd()

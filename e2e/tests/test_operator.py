@@ -110,7 +110,7 @@ def test_job_yields_planned_pods_with_the_runtime_injected(
     assert [m["rank"] for m in st["membership"]["world"]] == [0, 1, 2]
     assert st["observedGeneration"] == job(cluster, ns, "inject")["metadata"]["generation"]
     assert condition(job(cluster, ns, "inject"), "Ready")["status"] == "True"
-    for kind in ("serviceaccount", "role", "rolebinding", "service", "configmap"):
+    for kind in ("serviceaccount", "role", "rolebinding", "service"):
         got = get_json(cluster, "-n", ns, kind, "-l", "heterotrain.io/job-name=inject")["items"]
         assert len(got) == 1, kind
     # The printer columns show the job's state.
@@ -120,7 +120,7 @@ def test_job_yields_planned_pods_with_the_runtime_injected(
     # Deleting the job removes everything it owned.
     cluster.kubectl("delete", "-n", ns, "htj", "inject", "--wait=false")
     wait_for("pods gone", lambda: not pods(cluster, ns, "inject"), timeout=60)
-    for kind in ("serviceaccount", "role", "rolebinding", "service", "configmap"):
+    for kind in ("serviceaccount", "role", "rolebinding", "service"):
         wait_for(
             f"{kind} gone",
             lambda kind=kind: (
@@ -178,9 +178,138 @@ def test_semantic_error_stalls_with_event_and_creates_nothing(
     # Not retried in a loop: several more reconcile passes post no more Events and create nothing.
     seen = operator.reconciles()
     wait_for("more reconcile passes", lambda: operator.reconciles() >= seen + 3, timeout=60)
-    assert len(events(cluster, ns, "typo", "NoMatchingNodes")) == 1
+    (ev,) = events(cluster, ns, "typo", "NoMatchingNodes")
+    assert ev.get("count", 1) == 1, "Events are aggregated: a repeat would bump the count"
     assert pods(cluster, ns, "typo") == []
     assert get_json(cluster, "-n", ns, "serviceaccount", "-l", "heterotrain.io/job-name=typo")["items"] == []
+
+
+def test_per_type_image_env_and_precision_reach_that_types_pods_only(
+    cluster: Cluster, operator: OperatorProcess, ns: str
+):
+    apply(
+        cluster,
+        job_manifest(
+            "pertype",
+            ns,
+            env=[{"name": "SHARED", "value": "job"}, {"name": "OVERRIDDEN", "value": "job"}],
+            precision="bf16",
+            accelerators=[
+                {
+                    "type": "huawei-ascend-910b",
+                    "maxWorkers": 1,
+                    "image": "example.com/train:1-cann8",
+                    "env": [
+                        {"name": "OVERRIDDEN", "value": "ascend"},
+                        {"name": "HCCL_BUFFSIZE", "value": "200"},
+                    ],
+                    "precision": "fp16",
+                },
+                {"type": "nvidia-a100", "maxWorkers": 1},
+            ],
+        ),
+    )
+    wait_for("two pods", lambda: len(pods(cluster, ns, "pertype")) == 2, timeout=60)
+    by_type = {p["metadata"]["labels"]["heterotrain.io/accelerator"]: p for p in pods(cluster, ns, "pertype")}
+    ctr = {t: p["spec"]["containers"][0] for t, p in by_type.items()}
+    env = {t: {e["name"]: e.get("value") for e in c["env"]} for t, c in ctr.items()}
+    assert ctr["huawei-ascend-910b"]["image"] == "example.com/train:1-cann8"
+    assert ctr["nvidia-a100"]["image"] == "example.com/train:1"
+    assert env["huawei-ascend-910b"]["HCCL_BUFFSIZE"] == "200" and "HCCL_BUFFSIZE" not in env["nvidia-a100"]
+    assert (env["huawei-ascend-910b"]["OVERRIDDEN"], env["nvidia-a100"]["OVERRIDDEN"]) == ("ascend", "job")
+    assert env["huawei-ascend-910b"]["SHARED"] == env["nvidia-a100"]["SHARED"] == "job"
+    assert (
+        env["huawei-ascend-910b"]["HETEROTRAIN_PRECISION"],
+        env["nvidia-a100"]["HETEROTRAIN_PRECISION"],
+    ) == (
+        "fp16",
+        "bf16",
+    )
+    st = wait_for(
+        "the pools in the status",
+        lambda: ((job(cluster, ns, "pertype").get("status") or {}).get("workers") or {}).get("byType"),
+        timeout=60,
+    )
+    assert st["huawei-ascend-910b"]["precision"] == "fp16" and st["nvidia-a100"]["precision"] == "bf16"
+    # an invalid override is refused by the API server, naming the field
+    bad = job_manifest(
+        "pertype-bad", ns, accelerators=[{"type": "nvidia-a100", "env": [{"name": "HETEROTRAIN_PRECISION"}]}]
+    )
+    out = cluster.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
+    assert out.returncode != 0 and "spec.accelerators[0].env" in out.stderr, out.stderr
+
+
+def kwok_node(name: str, type_: str, resource: str, count: int = 8) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {
+                "heterotrain.io/accelerator": type_,
+                "heterotrain.io/runner": "kwok",
+                "kubernetes.io/os": "linux",
+            },
+        },
+        "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+        "status": {
+            "allocatable": {"cpu": "192", "memory": "2Ti", "pods": "110", resource: str(count)},
+            "capacity": {"cpu": "192", "memory": "2Ti", "pods": "110", resource: str(count)},
+        },
+    }
+
+
+def test_a_type_no_node_has_warns_the_job_runs_on_the_others_and_takes_it_when_it_joins(
+    cluster: Cluster, operator: OperatorProcess, ns: str
+):
+    # nvidia-l40s: a known type no node of the default profile has
+    apply(
+        cluster,
+        job_manifest(
+            "partial",
+            ns,
+            workers={"min": 1, "max": 2},
+            accelerators=[{"type": "nvidia-l40s", "maxWorkers": 1}, {"type": "nvidia-a100", "maxWorkers": 1}],
+        ),
+    )
+    st = wait_for(
+        "Running on the A100s",
+        lambda: (s := job(cluster, ns, "partial")).get("status", {}).get("phase") == "Running" and s,
+        timeout=60,
+    )
+    warn = condition(st, "AcceleratorsMissing")
+    assert warn["status"] == "True" and warn["reason"] == "NoMatchingNodes", warn
+    assert "nvidia-l40s" in warn["message"] and "spec.accelerators[0].type" in warn["message"]
+    assert condition(st, "Stalled")["status"] == "False"
+    assert {p["metadata"]["labels"]["heterotrain.io/accelerator"] for p in pods(cluster, ns, "partial")} == {
+        "nvidia-a100"
+    }
+    (ev,) = wait_for("a Warning Event", lambda: events(cluster, ns, "partial", "NoMatchingNodes"), timeout=30)
+    assert ev["type"] == "Warning" and "nvidia-l40s" in ev["message"]
+    node = kwok_node(f"l40s-{ns}", "nvidia-l40s", "nvidia.com/gpu")
+    try:
+        apply(cluster, node)
+        wait_for(
+            "an L40S worker once its node joined",
+            lambda: (
+                "nvidia-l40s"
+                in {
+                    p["metadata"]["labels"]["heterotrain.io/accelerator"]
+                    for p in pods(cluster, ns, "partial")
+                }
+            ),
+            timeout=90,
+        )
+        wait_for(
+            "the warning cleared",
+            lambda: condition(job(cluster, ns, "partial"), "AcceleratorsMissing").get("status") == "False",
+            timeout=60,
+        )
+    finally:
+        cluster.kubectl("delete", "-n", ns, "htj", "partial", "--wait=false", check=False)
+        wait_for("partial pods gone", lambda: not pods(cluster, ns, "partial"), timeout=60)
+        cluster.kubectl("delete", "node", node["metadata"]["name"], check=False)
 
 
 def test_gang_waits_with_reason_then_is_admitted_when_capacity_frees(
@@ -362,3 +491,6 @@ def test_worker_failure_is_recorded_and_handled(
         assert final["workers"]["ready"] == 1 and final["workers"]["desired"] == 1
         assert [p["metadata"]["name"] for p in pods(cluster, ns, name)] == [f"{name}-worker-1"]
         assert final["membership"]["epoch"] == epoch + 1
+    # Aggregated: every world change so far is one Event object whose count grew (not one object each).
+    (changed,) = events(cluster, ns, name, "MembershipChanged")
+    assert changed["count"] >= 2 and f"epoch {final['membership']['epoch']}:" in changed["message"]

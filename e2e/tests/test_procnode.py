@@ -8,7 +8,9 @@ with a deadline; nothing sleeps a fixed time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -232,15 +234,14 @@ def test_env_reaches_the_process(cluster: Any, rest: KubeREST, env_pod: tuple[JS
     assert env["MY_NODE"] == pod["spec"]["nodeName"]
     assert env["MY_SA"] == "default"
     assert env["MY_POD_IP"] == pod["status"]["podIP"]
-    assert env["MY_POD_IP"].startswith("127.") and env["MY_POD_IP"] != "127.0.0.1"
+    assert ipaddress.ip_address(env["MY_POD_IP"]) in pod_network(cluster)
     assert env["MY_HOST_IP"] == "127.0.0.1" == pod["status"]["hostIP"]
     assert (env["MY_MODE"], env["MY_PW"]) == ("fast", "hunter2")
     assert "MY_MISSING" not in env
     assert env["MY_EXPANDED"] == f"env@{pod['status']['podIP']}"
     assert rest.host.endswith(f"//{env['KUBERNETES_SERVICE_HOST']}:{env['KUBERNETES_SERVICE_PORT']}")
-    node = rest.get(f"/api/v1/nodes/{q(pod['spec']['nodeName'])}")
-    speed = node["metadata"].get("annotations", {}).get(SPEED_ANNOTATION)
-    assert env.get("HETEROTRAIN_EMULATED_SPEED") == speed
+    # the node's emulated speed is enforced through cgroups (see the tests below), never told to the process
+    assert not any(k.startswith("HETEROTRAIN_EMULATED") for k in env)
     # The mount path was rewritten to the emptyDir's host directory, which holds the file.
     host_out = env["MY_OUT"]
     assert host_out != "/out/env.json" and host_out.endswith("/volumes/out/env.json")
@@ -315,7 +316,7 @@ def on_term(signum, frame):
         sys.exit(0)
 signal.signal(signal.SIGTERM, on_term)
 s = socket.socket()
-s.bind((os.environ["POD_IP"], 8080))  # every pod has its own loopback address: same port, no clash
+s.bind((os.environ["POD_IP"], 8080))  # every pod has its own address: same port, no clash
 s.listen()
 print("ready", os.environ["POD_IP"], flush=True)
 time.sleep(600)
@@ -327,6 +328,27 @@ def sleeper(name: str, ignore_term: bool = False, grace: int = 10) -> JSON:
     if ignore_term:
         env.append({"name": "IGNORE_TERM", "value": "1"})
     return pod_manifest(name, [py("main", SLEEPER, env=env)], terminationGracePeriodSeconds=grace)
+
+
+def pod_network(cluster: Any) -> ipaddress.IPv4Network:
+    """The /22 of 198.18.0.0/15 the cluster harness made local for this cluster's pods."""
+    state = json.loads((Path(cluster.state_dir) / "state.json").read_text())
+    net = ipaddress.IPv4Network(state["podNetwork"]["cidr"])
+    assert net.subnet_of(ipaddress.IPv4Network("198.18.0.0/15"))
+    return net
+
+
+def endpoint_addresses(rest: KubeREST, ns: str, service: str) -> set[str]:
+    """Ready addresses of a Service, from its EndpointSlices (the endpointslice controller's)."""
+    sel = f"kubernetes.io/service-name={service}"
+    slices = rest.get(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices", labelSelector=sel)
+    return {
+        a
+        for sl in slices["items"]
+        for ep in sl.get("endpoints") or []
+        if (ep.get("conditions") or {}).get("ready")
+        for a in ep["addresses"]
+    }
 
 
 def wait_ready_log(cluster: Any, rest: KubeREST, ns: str, name: str) -> JSON:
@@ -344,8 +366,31 @@ def test_two_pods_get_distinct_pod_ips_and_deletion_sends_sigterm(
     b = wait_ready_log(cluster, rest, ns, "sleep-b")
     ip_a, ip_b = a["status"]["podIP"], b["status"]["podIP"]
     assert ip_a != ip_b
-    assert ip_a.startswith("127.") and ip_b.startswith("127.")
+    net = pod_network(cluster)
+    assert ipaddress.ip_address(ip_a) in net and ipaddress.ip_address(ip_b) in net
     assert {c["type"]: c["status"] for c in a["status"]["conditions"]}["Ready"] == "True"
+    # Not loopback: a Service selecting the pods holds both addresses as endpoints, and they answer.
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "sleepers"},
+        "spec": {"selector": {"app": "procnode-e2e"}, "ports": [{"port": 8080, "targetPort": 8080}]},
+    }
+    rest.post(f"/api/v1/namespaces/{ns}/services", svc)
+    eps = wait_for(
+        "both pods as endpoints",
+        lambda: (addrs := endpoint_addresses(rest, ns, "sleepers")) >= {ip_a, ip_b} and addrs,
+        timeout=30,
+    )
+    assert not any(ipaddress.ip_address(x).is_loopback for x in eps)
+    legacy = rest.get(f"/api/v1/namespaces/{ns}/endpoints/sleepers")  # what older consumers read
+    assert {a["ip"] for sub in legacy.get("subsets") or [] for a in sub.get("addresses") or []} >= {
+        ip_a,
+        ip_b,
+    }
+    for ip in (ip_a, ip_b):
+        socket.create_connection((ip, 8080), timeout=5).close()
+    rest.delete(f"/api/v1/namespaces/{ns}/services/sleepers")
     pid = pid_of(a, "main")
     assert alive(pid)
 
@@ -407,3 +452,68 @@ def test_runner_pid_files_track_live_processes(cluster: Any, rest: KubeREST, ns:
     wait_gone(rest, ns, "tracked")
     wait_for("the pid file to be removed", lambda: not pid_file.exists(), timeout=5)
     assert not alive(pid)
+
+
+# --- limits through cgroups -----------------------------------------------------------------
+
+
+def runner_groups(cluster: Any) -> dict[str, Path]:
+    """The process runner's owner groups (controller -> directory), as it recorded them."""
+    record = Path(cluster.state_dir) / "procnode" / "cgroups.json"
+    return {c: Path(d) for c, d in json.loads(record.read_text()).items()}
+
+
+def test_a_container_past_its_memory_limit_is_oom_killed(cluster: Any, rest: KubeREST, ns: str) -> None:
+    hog = "x = bytearray(512 << 20); print('survived', flush=True)"
+    create(rest, ns, pod_manifest("hog", [py("main", hog, resources={"limits": {"memory": "64Mi"}})]))
+    pod = wait_phase(rest, ns, "hog", ("Succeeded", "Failed"), timeout=60)
+    assert pod["status"]["phase"] == "Failed"  # restartPolicy Never
+    term = container_status(pod, "main")["state"]["terminated"]
+    assert (term["reason"], term["exitCode"]) == ("OOMKilled", 137), term
+    assert "survived" not in read_log(cluster, pod, "main")
+    groups = runner_groups(cluster)
+    uid = pod["metadata"]["uid"]
+    rest.delete(pod_path(ns, "hog"))
+    wait_gone(rest, ns, "hog")
+    wait_for(
+        "the pod's cgroups to be removed",
+        lambda: not any((d / f"pod-{uid}").exists() for d in groups.values()),
+        timeout=10,
+    )
+
+
+QUOTA_PROBE = r"""
+import json
+own = {l.split(":")[1]: l.split(":")[2].strip() for l in open("/proc/self/cgroup")}
+pod_dir = "/sys/fs/cgroup/cpu" + own["cpu"].rsplit("/", 1)[0]
+quota, period = (int(open(f"{pod_dir}/cpu.cfs_{k}_us").read()) for k in ("quota", "period"))
+print(json.dumps({"cores": quota / period, "group": own["cpu"]}), flush=True)
+"""
+
+
+def test_a_pod_on_an_emulated_node_gets_a_cpu_quota_per_requested_device(
+    cluster: Any, rest: KubeREST, ns: str
+) -> None:
+    cores = {}
+    for name, accel, gpus in (
+        ("a100-1", "nvidia-a100", 1),
+        ("a100-2", "nvidia-a100", 2),
+        ("h100-1", "nvidia-h100", 1),
+    ):
+        m = pod_manifest(name, [py("main", QUOTA_PROBE, resources={"limits": {"nvidia.com/gpu": str(gpus)}})])
+        m["spec"]["nodeSelector"]["heterotrain.io/accelerator"] = accel
+        create(rest, ns, m)
+        pod = wait_phase(rest, ns, name, ("Succeeded", "Failed"), timeout=60)
+        out = read_log(cluster, pod, "main")
+        assert pod["status"]["phase"] == "Succeeded", out
+        node = rest.get(f"/api/v1/nodes/{q(pod['spec']['nodeName'])}")
+        speed = float(node["metadata"]["annotations"][SPEED_ANNOTATION])
+        got = json.loads(out.strip().splitlines()[-1])
+        assert got["group"].endswith(f"/pod-{pod['metadata']['uid']}/main")
+        cores[name] = (got["cores"], speed)
+    per_speed = cores["a100-1"][0] / cores["a100-1"][1]
+    assert 0 < per_speed <= 0.15  # the default per-unit quota, scaled to fit the machine
+    assert cores["a100-2"][0] == pytest.approx(
+        2 * per_speed * cores["a100-2"][1], rel=0.01
+    )  # each device its share
+    assert cores["h100-1"][0] == pytest.approx(per_speed * cores["h100-1"][1], rel=0.01)  # speed 3.0

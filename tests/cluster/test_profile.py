@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from heterotrain_contract import KNOWN_ACCELERATORS
 from heterotrain_e2e.cluster import profile as p
+from heterotrain_e2e.emulation import ANNOTATION_EMULATED_SPEED
 
 REPO = Path(__file__).resolve().parents[2]
 HEAD = "apiVersion: heterotrain.io/cluster-profile/v1\nkind: ClusterProfile\nname: t\npools:\n"
@@ -30,7 +32,7 @@ def test_default_profile_has_five_types_and_process_nodes():
     for n in nodes:
         labels = n["metadata"]["labels"]
         t = labels[p.ACCELERATOR_LABEL]
-        res = p.KNOWN_TYPES[t]["resource"]
+        res = KNOWN_ACCELERATORS[t].resource_name
         assert n["status"]["capacity"][res] == n["status"]["allocatable"][res]
         assert int(n["status"]["capacity"][res]) > 0
         if t.startswith("nvidia"):
@@ -40,7 +42,7 @@ def test_default_profile_has_five_types_and_process_nodes():
     kwok = next(n for n in nodes if n["metadata"]["labels"][p.RUNNER_LABEL] == "kwok")
     assert kwok["metadata"]["annotations"][p.KWOK_ANNOTATION] == "fake"
     assert any(t["key"] == p.KWOK_TAINT_KEY for t in kwok["spec"]["taints"])
-    speeds = {n["metadata"]["annotations"].get("heterotrain.io/emulated-speed") for n in procs}
+    speeds = {n["metadata"]["annotations"].get(ANNOTATION_EMULATED_SPEED) for n in procs}
     assert len(speeds) >= 2, "process pools emulate different speeds"
 
 

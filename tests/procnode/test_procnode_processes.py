@@ -204,3 +204,53 @@ def test_kubelet_log_endpoint(tmp_path: Path) -> None:
         assert get("/containerLogs/ns/web/main?follow=true") == b"a\nb\nc\nd\n"
     finally:
         api.stop()
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_frozen_pod_and_a_stopped_node(tmp_path: Path) -> None:
+    from heterotrain_e2e.procnode import control
+
+    exits: list[int] = []
+    procs = [
+        ContainerProcess(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            dict(os.environ),
+            tmp_path,
+            tmp_path / f"{i}.log",
+            tmp_path,
+            (f"ns/p{i}", "worker"),
+            on_exit=lambda pid, rc: exits.append(rc),
+            node=f"node-{i % 2}",
+        )
+        for i in range(3)
+    ]
+    try:
+        pids = control.container_pids(tmp_path)
+        assert sorted((p.pod, p.node) for p in pids) == [
+            ("ns/p0", "node-0"),
+            ("ns/p1", "node-1"),
+            ("ns/p2", "node-0"),
+        ]
+        assert control.freeze_pod(tmp_path, "ns", "p1") == [procs[1].pid]
+        wait_for(lambda: proc_state(procs[1].pid) == "T")
+        assert proc_state(procs[0].pid) != "T"
+        control.thaw_pod(tmp_path, "ns", "p1")
+        wait_for(lambda: proc_state(procs[1].pid) != "T")
+        # A dead node: every process of its pods stops, and the runner sees it stopped.
+        assert sorted(control.stop_node(tmp_path, "node-0")) == sorted([procs[0].pid, procs[2].pid])
+        assert control.stopped_nodes(tmp_path) == {"node-0"}
+        wait_for(lambda: proc_state(procs[0].pid) == "T" and proc_state(procs[2].pid) == "T")
+        assert control.stop_node(tmp_path, "node-1", freeze=False) == []  # only its Lease stops
+        assert proc_state(procs[1].pid) != "T"
+        control.start_node(tmp_path, "node-0")
+        wait_for(lambda: proc_state(procs[0].pid) != "T")
+        assert control.stopped_nodes(tmp_path) == {"node-1"}
+    finally:
+        for p in procs:
+            p.signal(signal.SIGKILL)
+            p.join(10)
+    assert len(exits) == 3

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from heterotrain_e2e.procnode.ipam import IPAllocator
 from heterotrain_e2e.procnode.kube import ApiError
 from heterotrain_e2e.procnode.kubeconfig import ApiServer
 from heterotrain_e2e.procnode.podworker import PodWorker, WorkerContext
+from heterotrain_runtime.cgroups import Cgroups
 
 JSON = dict[str, Any]
 
@@ -108,8 +109,9 @@ class FakeAPI:
 
 NODE = {
     "metadata": {"name": "node-a", "annotations": {"heterotrain.io/emulated-speed": "2.0"}},
-    "status": {"allocatable": {"cpu": "8", "memory": "32Gi"}},
+    "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}},
 }
+CORES_PER_SPEED = 0.1
 
 
 def make_pod(code: str, policy: str = "Never", grace: int = 30, **container: Any) -> JSON:
@@ -139,7 +141,7 @@ def wait_for(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, pod: JSON) -> None:
+    def __init__(self, tmp_path: Path, pod: JSON, cgroups: Cgroups | None = None) -> None:
         self.api = FakeAPI(pod)
         self.ipam = IPAllocator(tmp_path / "ipam.json")
         self.finished = threading.Event()
@@ -151,6 +153,8 @@ class Harness:
             ipam=self.ipam,
             cfg=lifecycle.Config(backoff_base=0.2, backoff_max=1.0),
             node_lookup=lambda name: NODE if name == "node-a" else None,
+            cgroups=cgroups,
+            cores_per_speed=lambda: CORES_PER_SPEED,
         )
         self.worker = PodWorker(self.ctx, copy.deepcopy(self.api.pod), lambda uid: self.finished.set())  # type: ignore[arg-type]
         self.worker.start()
@@ -168,8 +172,8 @@ class Harness:
 def harness_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
     made: list[Harness] = []
 
-    def make(pod: JSON) -> Harness:
-        h = Harness(tmp_path, pod)
+    def make(pod: JSON, cgroups: Cgroups | None = None) -> Harness:
+        h = Harness(tmp_path, pod, cgroups)
         made.append(h)
         return h
 
@@ -178,9 +182,17 @@ def harness_factory(tmp_path: Path):  # type: ignore[no-untyped-def]
         h.stop()
 
 
+@pytest.fixture
+def cgroups() -> Iterator[Cgroups]:
+    """Real cgroups (root, cgroup v1), as the runner opens them."""
+    cg = Cgroups("procnode-test")
+    yield cg
+    cg.close()
+
+
 def test_runs_to_success_and_reports_status(harness_factory) -> None:  # type: ignore[no-untyped-def]
     code = (
-        "import os; print(os.environ['HETEROTRAIN_EMULATED_SPEED'], os.environ['HOSTNAME'], "
+        "import os; print(os.environ.get('HETEROTRAIN_EMULATED_SPEED'), os.environ['HOSTNAME'], "
         "os.environ['POD_IP'], os.environ['KUBECONFIG'].endswith('main.yaml'))"
     )
     h = harness_factory(
@@ -192,7 +204,9 @@ def test_runs_to_success_and_reports_status(harness_factory) -> None:  # type: i
     assert st["podIP"] == "127.1.0.1" == h.ipam.get("uid-1")
     cs = st["containerStatuses"][0]
     assert cs["state"]["terminated"]["exitCode"] == 0
-    assert (h.root / "main.log").read_text() == "2.0 p 127.1.0.1 True\n"
+    assert (
+        h.root / "main.log"
+    ).read_text() == "None p 127.1.0.1 True\n"  # the speed is not told, but enforced
     sa = h.root / "serviceaccount"  # no kube-api-access volume: the runner made the files
     assert (sa / "token").read_text() == "TOKEN-default"
     assert (sa / "ca.crt").read_text() == "ROOT-CA"
@@ -285,3 +299,97 @@ def test_shutdown_kills_everything(harness_factory) -> None:  # type: ignore[no-
     assert h.worker.join(10)
     assert not (h.root.parent.parent / "pids" / str(pid)).exists()
     assert h.phase() == "Running"  # a runner that stops does not touch the API
+
+
+# --- cgroups (real: root, cgroup v1) ------------------------------------------------
+
+ALLOCATE = "import time; x = bytearray(256 << 20); print('survived', flush=True)"
+
+
+def test_past_its_memory_limit_a_container_is_oom_killed(harness_factory, cgroups) -> None:  # type: ignore[no-untyped-def]
+    h = harness_factory(make_pod(ALLOCATE, resources={"limits": {"memory": "64Mi"}}), cgroups)
+    wait_for(lambda: h.phase() == "Failed", timeout=30)  # restartPolicy Never
+    term = h.api.status()["containerStatuses"][0]["state"]["terminated"]
+    assert (term["reason"], term["exitCode"], term["signal"]) == ("OOMKilled", 137, signal.SIGKILL)
+    assert "survived" not in (h.root / "main.log").read_text()
+    assert {e["reason"] for e in h.api.events} == {"Started"}
+    wait_for(
+        lambda: not (cgroups.owner.dirs["memory"] / "pod-uid-1").exists()
+    )  # the pod ended: its groups go
+    assert not (cgroups.owner.dirs["cpu"] / "pod-uid-1").exists()
+
+
+def test_an_oom_killed_container_restarts_under_on_failure(harness_factory, cgroups) -> None:  # type: ignore[no-untyped-def]
+    h = harness_factory(
+        make_pod(ALLOCATE, policy="OnFailure", resources={"limits": {"memory": "64Mi"}}), cgroups
+    )
+    wait_for(lambda: (h.api.status().get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1, 30)
+    cs = h.api.status()["containerStatuses"][0]
+    assert cs["lastState"]["terminated"]["reason"] == "OOMKilled"
+    assert h.phase() in ("Pending", "Running")  # not terminal: the kubelet restarts it
+
+
+def test_a_killed_container_within_its_limit_is_not_oom_killed(harness_factory, cgroups) -> None:  # type: ignore[no-untyped-def]
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    h = harness_factory(make_pod(code, resources={"limits": {"memory": "256Mi"}}), cgroups)
+    wait_for(lambda: h.phase() == "Failed", timeout=30)
+    term = h.api.status()["containerStatuses"][0]["state"]["terminated"]
+    assert (term["reason"], term["exitCode"]) == ("Error", 137)
+
+
+def _group_file(cgroups: Cgroups, ctrl: str, *path: str) -> str:
+    return cgroups.owner.dirs[ctrl].joinpath(*path).read_text().strip()
+
+
+def _cores(cgroups: Cgroups, *path: str) -> float:
+    return int(_group_file(cgroups, "cpu", *path, "cpu.cfs_quota_us")) / int(
+        _group_file(cgroups, "cpu", *path, "cpu.cfs_period_us")
+    )
+
+
+SLEEPER = "import time; print('up', flush=True); time.sleep(60)"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "cpu_limit", "want_pod", "want_container"),
+    [
+        ("1", None, 2.0 * CORES_PER_SPEED, None),  # one emulated device of speed 2.0
+        ("2", None, 2 * 2.0 * CORES_PER_SPEED, None),  # each device its share
+        ("2", "150m", 0.15, 0.15),  # the lower of the limit and the emulated quota wins
+        (None, "300m", 0.3, 0.3),  # no accelerator: only the limit
+    ],
+)
+def test_the_pod_group_has_the_emulated_devices_quota(  # type: ignore[no-untyped-def]
+    harness_factory, cgroups, gpus, cpu_limit, want_pod, want_container
+) -> None:
+    limits = {k: v for k, v in (("nvidia.com/gpu", gpus), ("cpu", cpu_limit)) if v is not None}
+    h = harness_factory(make_pod(SLEEPER, resources={"limits": limits}), cgroups)
+    wait_for(lambda: h.phase() == "Running" and "up" in (h.root / "main.log").read_text())
+    pid = int(h.api.status()["containerStatuses"][0]["containerID"].removeprefix("process://"))
+    assert _cores(cgroups, "pod-uid-1") == pytest.approx(want_pod, rel=1e-3)
+    if want_container is None:
+        assert _group_file(cgroups, "cpu", "pod-uid-1", "main", "cpu.cfs_quota_us") == "-1"
+    else:
+        assert _cores(cgroups, "pod-uid-1", "main") == pytest.approx(want_container, rel=1e-3)
+    own = {
+        line.split(":")[1]: line.split(":")[2]
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    }
+    assert own["cpu"].endswith(f"/{cgroups.owner.name}/pod-uid-1/main")
+    assert own["memory"].endswith(f"/{cgroups.owner.name}/pod-uid-1/main")
+    h.stop()
+    assert not (cgroups.owner.dirs["cpu"] / "pod-uid-1").exists()
+    assert not (cgroups.owner.dirs["memory"] / "pod-uid-1").exists()
+
+
+def test_groups_are_removed_when_the_pod_is_deleted(harness_factory, cgroups) -> None:  # type: ignore[no-untyped-def]
+    h = harness_factory(make_pod(SLEEPER, grace=1, resources={"limits": {"memory": "128Mi"}}), cgroups)
+    wait_for(lambda: h.phase() == "Running" and "up" in (h.root / "main.log").read_text())
+    assert _group_file(cgroups, "memory", "pod-uid-1", "memory.limit_in_bytes") == str(128 << 20)
+    assert _group_file(cgroups, "memory", "pod-uid-1", "main", "memory.limit_in_bytes") == str(128 << 20)
+    h.worker.update(h.api.set_deletion(grace=1))
+    wait_for(lambda: h.api.pod is None)
+    h.worker.mark_deleted()
+    assert h.finished.wait(10)
+    for ctrl in ("cpu", "memory"):
+        assert not any(p.is_dir() for p in cgroups.owner.dirs[ctrl].iterdir())

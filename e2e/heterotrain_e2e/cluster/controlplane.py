@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import pki as pkimod
+from . import podnet, toolchain
 from . import profile as profilemod
-from . import toolchain
 
 STATE_FILE = "state.json"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "procnode")
@@ -235,7 +235,19 @@ def up(
         (d / f"{comp}.kubeconfig").write_text(pkimod.kubeconfig(p, server, comp))
 
     s = _Starter(d, state)
+    nodes = profilemod.node_manifests(prof)
+    procnodes = [n for n in nodes if n["metadata"]["labels"][profilemod.RUNNER_LABEL] == "process"]
     try:
+        pod_cidr = ""
+        if procnodes and process_runner:
+            # Before anything starts: a machine that cannot give pods addresses fails at once.
+            try:
+                net = podnet.create(d)
+            except podnet.PodNetworkError as e:
+                raise ClusterError(str(e)) from None
+            state["podNetwork"] = {"interface": net.interface, "cidr": net.cidr}
+            _write_state(d, state)
+            pod_cidr = net.cidr
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
         s.start(
@@ -333,7 +345,6 @@ def up(
             ],
         )
 
-        nodes = profilemod.node_manifests(prof)
         items = {"apiVersion": "v1", "kind": "List", "items": [*nodes, *shared_volumes(d)]}
         _kubectl(
             tc,
@@ -355,11 +366,14 @@ def up(
                     f"--node-port={ports['kwok']}",
                     "--server-address=127.0.0.1:" + str(_free_port()),
                     "--node-ip=127.0.0.1",
+                    # Heartbeats through node Leases (renewed every 10 s, as a kubelet does), not through
+                    # full node status updates every 20-45 s: cheap at 1,000 nodes, and no simulated node
+                    # goes Unknown (and gets the unreachable taint) because one status write came late.
+                    "--node-lease-duration-seconds=40",
                     "--node-name=kwok-controller",
                     "--cidr=10.244.0.1/16",
                 ],
             )
-        procnodes = [n for n in nodes if n["metadata"]["labels"][profilemod.RUNNER_LABEL] == "process"]
         if procnodes and process_runner:
             s.start(
                 "procnode",
@@ -371,7 +385,7 @@ def up(
                     f"--state-dir={d / 'procnode'}",
                     f"--label-selector={profilemod.RUNNER_LABEL}=process",
                     f"--python={sys.executable}",
-                    f"--pod-cidr={pod_cidr(d)}",
+                    f"--pod-cidr={pod_cidr}",
                 ],
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
             )
@@ -379,16 +393,28 @@ def up(
         expect_ready = len(nodes) if process_runner else len(nodes) - len(procnodes)
 
         def ready_nodes() -> bool:
+            """Ready, and schedulable: the node lifecycle controller has lifted the not-ready taint it puts
+            on every new node (it lags the Ready condition by seconds at hundreds of nodes; a job applied
+            before that would find only part of the capacity)."""
             out = _kubectl(
                 tc,
                 kubeconfig,
                 "get",
                 "nodes",
                 "-o",
-                "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}"
+                " {.spec.taints[*].key}{'\\n'}{end}",
                 check=False,
             ).stdout
-            return out.split().count("True") >= expect_ready
+            rows = [line.split() for line in out.splitlines() if line.strip()]
+            return (
+                sum(
+                    1
+                    for r in rows
+                    if r[0] == "True" and not any(k.startswith("node.kubernetes.io/") for k in r[1:])
+                )
+                >= expect_ready
+            )
 
         s.wait(
             "kwok" if "kwok" in s.procs else "kube-controller-manager",
@@ -439,18 +465,6 @@ def shared_volumes(d: Path, count: int = 16) -> list[dict[str, Any]]:
     ]
 
 
-def pod_cidr(d: Path) -> str:
-    """A loopback /16 for the process runner's pod IPs, distinct per cluster directory.
-
-    Loopback addresses are shared by every cluster on the machine, so two clusters
-    (a developer's and the test suite's) must not hand out the same pod IPs.
-    """
-    import hashlib
-
-    octet = 2 + int(hashlib.sha256(str(d).encode()).hexdigest(), 16) % 250
-    return f"127.{octet}.0.0/16"
-
-
 def _kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -492,11 +506,13 @@ def down(d: Path, *, quiet: bool = False, grace: float = 10.0) -> list[str]:
             if _pid_alive(pid):
                 _kill_group(pid, signal.SIGKILL)
             _reap(pid)
-    # Pod processes left behind by a process runner that was killed.
+    # Pod processes (and their cgroups) left behind by a process runner that was killed.
+    from heterotrain_e2e.procnode.podcgroups import remove_recorded
     from heterotrain_e2e.procnode.process import kill_leftovers
 
     pod_pids = _pod_pids(d)
     kill_leftovers(d / "procnode")
+    remove_recorded(d / "procnode")
     for pid in pod_pids:
         if _pid_alive(pid):
             _kill_group(pid, signal.SIGKILL)
@@ -509,6 +525,9 @@ def down(d: Path, *, quiet: bool = False, grace: float = 10.0) -> list[str]:
         left = [p for p in left if _pid_alive(p)]
     if left:
         raise ClusterError(f"processes still running after cluster-down: {left}")
+    net = state.get("podNetwork") or {}
+    if net.get("interface"):
+        podnet.delete(str(net["interface"]))
     with contextlib.suppress(FileNotFoundError):
         (d / STATE_FILE).unlink()
     if not quiet:

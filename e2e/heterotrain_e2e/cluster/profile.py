@@ -15,73 +15,53 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+from heterotrain_contract import KNOWN_ACCELERATORS, LABEL_ACCELERATOR, QUANTITY_PATTERN
+from heterotrain_e2e.emulation import ANNOTATION_EMULATED_SPEED
 
-ACCELERATOR_LABEL = "heterotrain.io/accelerator"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+QUANTITY = QUANTITY_PATTERN
+
+ACCELERATOR_LABEL = LABEL_ACCELERATOR
 RUNNER_LABEL = "heterotrain.io/runner"
 POOL_LABEL = "heterotrain.io/pool"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_TAINT_KEY = "kwok.x-k8s.io/node"
 
-# What each vendor's device plugin / feature discovery usually puts on a node.
-KNOWN_TYPES: dict[str, dict[str, Any]] = {
+# What each vendor's device plugin / feature discovery usually puts on a node of a known type (its
+# extended resource is the one table's: heterotrain_contract.KNOWN_ACCELERATORS).
+NODE_LABELS: dict[str, dict[str, str]] = {
     "nvidia-h100": {
-        "resource": "nvidia.com/gpu",
-        "labels": {
-            "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-            "nvidia.com/gpu.memory": "81559",
-            "nvidia.com/gpu.family": "hopper",
-        },
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        "nvidia.com/gpu.memory": "81559",
+        "nvidia.com/gpu.family": "hopper",
     },
     "nvidia-h200": {
-        "resource": "nvidia.com/gpu",
-        "labels": {
-            "nvidia.com/gpu.product": "NVIDIA-H200",
-            "nvidia.com/gpu.memory": "143771",
-            "nvidia.com/gpu.family": "hopper",
-        },
+        "nvidia.com/gpu.product": "NVIDIA-H200",
+        "nvidia.com/gpu.memory": "143771",
+        "nvidia.com/gpu.family": "hopper",
     },
     "nvidia-a100": {
-        "resource": "nvidia.com/gpu",
-        "labels": {
-            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
-            "nvidia.com/gpu.memory": "81920",
-            "nvidia.com/gpu.family": "ampere",
-        },
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+        "nvidia.com/gpu.memory": "81920",
+        "nvidia.com/gpu.family": "ampere",
     },
     "nvidia-h20": {
-        "resource": "nvidia.com/gpu",
-        "labels": {
-            "nvidia.com/gpu.product": "NVIDIA-H20",
-            "nvidia.com/gpu.memory": "97871",
-            "nvidia.com/gpu.family": "hopper",
-        },
+        "nvidia.com/gpu.product": "NVIDIA-H20",
+        "nvidia.com/gpu.memory": "97871",
+        "nvidia.com/gpu.family": "hopper",
     },
     "nvidia-l40s": {
-        "resource": "nvidia.com/gpu",
-        "labels": {
-            "nvidia.com/gpu.product": "NVIDIA-L40S",
-            "nvidia.com/gpu.memory": "46068",
-            "nvidia.com/gpu.family": "ada-lovelace",
-        },
+        "nvidia.com/gpu.product": "NVIDIA-L40S",
+        "nvidia.com/gpu.memory": "46068",
+        "nvidia.com/gpu.family": "ada-lovelace",
     },
-    "huawei-ascend-910b": {
-        "resource": "huawei.com/Ascend910",
-        "labels": {"accelerator": "huawei-Ascend910", "node.kubernetes.io/npu.chip.name": "910B3"},
-    },
+    "huawei-ascend-910b": {"accelerator": "huawei-Ascend910", "node.kubernetes.io/npu.chip.name": "910B3"},
     "amd-mi300x": {
-        "resource": "amd.com/gpu",
-        "labels": {
-            "amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM",
-            "amd.com/gpu.family": "AI",
-            "amd.com/gpu.vram": "192G",
-        },
+        "amd.com/gpu.product-name": "AMD_Instinct_MI300X_OAM",
+        "amd.com/gpu.family": "AI",
+        "amd.com/gpu.vram": "192G",
     },
-    "amd-mi250x": {
-        "resource": "amd.com/gpu",
-        "labels": {"amd.com/gpu.product-name": "AMD_Instinct_MI250X", "amd.com/gpu.family": "AI"},
-    },
+    "amd-mi250x": {"amd.com/gpu.product-name": "AMD_Instinct_MI250X", "amd.com/gpu.family": "AI"},
 }
 COUNT_LABEL = {
     "nvidia.com/gpu": "nvidia.com/gpu.count",
@@ -127,10 +107,10 @@ class Pool(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Pool:
         if self.resource_name is None:
-            known = KNOWN_TYPES.get(self.type)
+            known = KNOWN_ACCELERATORS.get(self.type)
             if known is None:
                 raise ValueError(f"type {self.type!r} is not a known accelerator type; set resourceName")
-            self.resource_name = known["resource"]
+            self.resource_name = known.resource_name
         if self.emulated_speed is not None and self.runner != "process":
             raise ValueError("emulatedSpeed applies to runner: process pools only")
         return self
@@ -222,7 +202,7 @@ def node_manifests(profile: Profile) -> list[dict[str, Any]]:
     """The Node objects of a profile (kwok nodes carry kwok's annotation and a taint)."""
     nodes: list[dict[str, Any]] = []
     for pool in profile.pools:
-        known = KNOWN_TYPES.get(pool.type, {"labels": {}})
+        device_labels = NODE_LABELS.get(pool.type, {})
         assert pool.resource_name is not None
         for name in pool.node_names():
             labels = {
@@ -233,7 +213,7 @@ def node_manifests(profile: Profile) -> list[dict[str, Any]]:
                 ACCELERATOR_LABEL: pool.type,
                 RUNNER_LABEL: pool.runner,
                 POOL_LABEL: pool.name,
-                **known["labels"],
+                **device_labels,
                 **pool.labels,
             }
             if pool.resource_name in COUNT_LABEL:
@@ -244,7 +224,7 @@ def node_manifests(profile: Profile) -> list[dict[str, Any]]:
                 annotations[KWOK_ANNOTATION] = "fake"
                 taints.append({"key": KWOK_TAINT_KEY, "value": "fake", "effect": "NoSchedule"})
             if pool.emulated_speed is not None:
-                annotations["heterotrain.io/emulated-speed"] = repr(pool.emulated_speed)
+                annotations[ANNOTATION_EMULATED_SPEED] = repr(pool.emulated_speed)
             capacity = {"cpu": pool.cpu, "memory": pool.memory, "pods": str(pool.pods)}
             if pool.accelerators_per_node:
                 capacity[pool.resource_name] = str(pool.accelerators_per_node)

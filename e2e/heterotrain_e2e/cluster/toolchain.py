@@ -3,7 +3,8 @@
 kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and etcd come
 from the Go module in ``e2e/toolchain`` (which pins one Kubernetes release and
 maps its staging modules with replace lines); kwok, helm and kubeconform are
-``go install``-ed at pinned versions.  Each set lands in a directory named by a
+``go install``-ed at pinned versions; small programs of our own (``e2e/kstatus``) are
+built from their module.  Each set lands in a directory named by a
 hash of what produced it, so a second build with nothing changed runs no Go at
 all: it only checks that the files are there.
 """
@@ -36,7 +37,11 @@ GO_INSTALL_TOOLS: dict[str, tuple[str, str]] = {
     "helm": ("helm.sh/helm/v3/cmd/helm", "v3.19.0"),
     "kubeconform": ("github.com/yannh/kubeconform/cmd/kubeconform", "v0.7.0"),
 }
-ALL_BINARIES = (*MODULE_BINARIES, *GO_INSTALL_TOOLS)
+# Small programs of our own, each a Go module under e2e/ (source in git, never the binary).
+LOCAL_PROGRAMS: dict[str, Path] = {
+    "kstatus-check": REPO / "e2e" / "kstatus",  # the kstatus library (Flux, helm --wait) as a command
+}
+ALL_BINARIES = (*MODULE_BINARIES, *GO_INSTALL_TOOLS, *LOCAL_PROGRAMS)
 
 
 class ToolchainError(RuntimeError):
@@ -52,6 +57,14 @@ def _module_digest() -> str:
     for name in ("go.mod", "go.sum"):
         h.update((TOOLCHAIN_MODULE / name).read_bytes())
     h.update(repr(sorted(MODULE_BINARIES.items())).encode())
+    return h.hexdigest()[:12]
+
+
+def _program_digest(src: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(src.iterdir()):
+        if f.suffix == ".go" or f.name in ("go.mod", "go.sum"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -89,6 +102,8 @@ def ensure(verbose: bool = True) -> Toolchain:
     paths: dict[str, Path] = {name: k8s_dir / name for name in MODULE_BINARIES}
     for name, (pkg, version) in GO_INSTALL_TOOLS.items():
         paths[name] = root / f"{name}-{version}" / Path(pkg).name
+    for name, src in LOCAL_PROGRAMS.items():
+        paths[name] = root / f"{name}-{_program_digest(src)}" / name
     missing = [n for n, p in paths.items() if not (p.is_file() and os.access(p, os.X_OK))]
     if not missing:
         return Toolchain(paths)
@@ -119,6 +134,11 @@ def ensure(verbose: bool = True) -> Toolchain:
             ienv["GOBIN"] = str(target)
             ienv.pop("GOFLAGS", None)
             _run([go, "install", f"{pkg}@{version}"], REPO, ienv, f"go install {name}@{version}")
+        if name in LOCAL_PROGRAMS:
+            tmp = paths[name].with_name(name + ".partial")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            _run([go, "build", "-o", str(tmp), "."], LOCAL_PROGRAMS[name], env, f"go build {name}")
+            os.replace(tmp, paths[name])
     still = [n for n, p in paths.items() if not p.is_file()]
     if still:
         raise ToolchainError(f"build finished but binaries are missing: {still}")

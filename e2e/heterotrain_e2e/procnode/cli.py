@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from heterotrain_runtime.cgroups import DEFAULT_CPU_BUDGET_FRACTION, DEFAULT_CPU_PER_SPEED, CgroupUnavailable
+
 from . import lifecycle
 from .kube import KubeREST, make_api_client
 from .kubeconfig import read_api_server
@@ -90,13 +92,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on exit, SIGKILL pod processes still running this long after SIGTERM",
     )
-    ap.add_argument("--pod-cidr", default="127.1.0.0/16", help="loopback range pod IPs come from")
+    ap.add_argument(
+        "--pod-cidr",
+        default="127.1.0.0/16",
+        help="range pod IPs come from: loopback, or a part of 198.18.0.0/15 made local "
+        "(the cluster harness does: Services then get endpoints)",
+    )
     ap.add_argument(
         "--pass-env",
         action="append",
         default=[],
         metavar="NAME",
         help="pass this variable of the runner's environment to every container (repeatable)",
+    )
+    ap.add_argument(
+        "--no-cgroups",
+        action="store_true",
+        help="do not run pods in cgroups: limits.cpu/limits.memory and emulated speeds are NOT enforced",
+    )
+    ap.add_argument(
+        "--cgroup-parent",
+        default=None,
+        help="where the pods' cgroups go (default: under the runner's own group; a leading / starts "
+        "from the hierarchy's root)",
+    )
+    ap.add_argument(
+        "--cpu-per-speed",
+        type=float,
+        default=DEFAULT_CPU_PER_SPEED,
+        metavar="CORES",
+        help="CPU quota of an emulated device of speed 1.0 (default %(default)s; scaled down so that "
+        f"every served node's devices together fit in {DEFAULT_CPU_BUDGET_FRACTION:g} of this machine's cores)",
     )
     ap.add_argument("--log-level", default=os.environ.get("PROCNODE_LOG_LEVEL", "INFO"))
     return ap
@@ -126,10 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         lifecycle=lifecycle.Config(
             backoff_base=args.restart_backoff_base, backoff_max=args.restart_backoff_max
         ),
+        cgroups=not args.no_cgroups,
+        cgroup_parent=args.cgroup_parent,
+        cpu_per_speed=args.cpu_per_speed,
     )
     api = read_api_server(args.kubeconfig)
     rest = KubeREST(make_api_client(str(args.kubeconfig)))
     runner = Runner(cfg, rest, api)
+    try:
+        runner.open_cgroups()
+    except CgroupUnavailable as e:
+        log.error("cannot run pods in cgroups: %s", e)
+        return 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("%s received: stopping", signal.Signals(signum).name)

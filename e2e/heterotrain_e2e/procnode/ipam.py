@@ -1,9 +1,13 @@
-"""Pod IPs: one loopback address per pod (``127.1.x.y`` by default), persisted in ``ipam.json``.
+"""Pod IPs: one address per pod from ``--pod-cidr``, persisted in ``ipam.json``.
 
-On Linux the whole of 127.0.0.0/8 reaches the loopback interface, so a
-process can bind to its pod IP without any network setup.  Addresses are
-handed out round-robin (a released address is not reused at once), are
-unique among the live pods of the runner, and survive a runner restart.
+The cluster harness (``heterotrain_e2e.cluster.podnet``) makes a /22 of the
+benchmarking range 198.18.0.0/15 local on a link of its own, so a process can
+bind to its pod IP and Endpoints accept it (they refuse loopback addresses).
+A loopback range (``127.1.0.0/16``, the default when the runner is started
+by hand) needs no setup at all, but Services get no endpoints from it.
+Addresses are handed out round-robin (a released address is not reused at
+once), are unique among the live pods of the runner, and survive a runner
+restart.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import os
 import threading
 from pathlib import Path
 
+BENCHMARK_NET = ipaddress.IPv4Network("198.18.0.0/15")
+
 
 class IPExhausted(Exception):
     pass
@@ -24,8 +30,12 @@ class IPAllocator:
     def __init__(self, path: Path | None, cidr: str = "127.1.0.0/16") -> None:
         self._path = path
         self._net = ipaddress.ip_network(cidr)
-        if not self._net.is_loopback:
-            raise ValueError(f"pod CIDR {cidr} is not a loopback network")
+        benchmark = isinstance(self._net, ipaddress.IPv4Network) and self._net.subnet_of(BENCHMARK_NET)
+        if not (self._net.is_loopback or benchmark):
+            raise ValueError(
+                f"pod CIDR {cidr} is neither loopback nor inside {BENCHMARK_NET} (the range the "
+                "cluster harness makes local): the runner never hands out addresses routed off this machine"
+            )
         self._lock = threading.Lock()
         self._by_uid: dict[str, str] = {}
         self._cursor = 0

@@ -304,8 +304,20 @@ def _record_exit(st: PodState, c: Container, t: Termination, now: float, cfg: Co
         c.reason = c.message = ""
 
 
-def on_exited(st: PodState, name: str, returncode: int, now: float, cfg: Config, message: str = "") -> None:
-    """A container's main process ended (``returncode`` as Popen: negative = killed by that signal)."""
+def on_exited(
+    st: PodState,
+    name: str,
+    returncode: int,
+    now: float,
+    cfg: Config,
+    message: str = "",
+    oom_killed: bool = False,
+) -> None:
+    """A container's main process ended (``returncode`` as Popen: negative = killed by that signal).
+
+    ``oom_killed``: the memory cgroup OOM-killed a process of the container; a
+    failed container then reports ``OOMKilled``, as the kubelet does.
+    """
     c = st.container(name)
     if returncode < 0:
         sig: int | None = -returncode
@@ -314,7 +326,7 @@ def on_exited(st: PodState, name: str, returncode: int, now: float, cfg: Config,
         sig, code = None, returncode
     t = Termination(
         exit_code=code,
-        reason="Completed" if code == 0 else "Error",
+        reason="Completed" if code == 0 else "OOMKilled" if oom_killed else "Error",
         started_at=c.started_at,
         finished_at=now,
         container_id=c.container_id,

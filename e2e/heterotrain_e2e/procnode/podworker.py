@@ -12,6 +12,7 @@ import os
 import queue
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heterotrain_runtime.contract import ANNOTATION_EMULATED_SPEED, ENV_EMULATED_SPEED
+from heterotrain_runtime.cgroups import DEFAULT_CPU_PER_SPEED, CgroupError, Cgroups
 
 from . import lifecycle, status
 from .envresolve import ConfigError, resolve_env
@@ -28,6 +29,7 @@ from .ipam import IPAllocator, IPExhausted
 from .kube import ApiError, KubeREST, pod_path, q
 from .kubeconfig import ApiServer, service_account_kubeconfig
 from .paths import PathMap, PodDirs
+from .podcgroups import PodCgroups
 from .process import ContainerProcess
 from .volumes import (
     ROOT_CA_CONFIGMAP,
@@ -48,7 +50,9 @@ ENV_SERVICEACCOUNT_DIR = "HETEROTRAIN_SERVICEACCOUNT_DIR"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 SA_TOKEN_SECONDS = 3607  # what the ServiceAccount admission plugin asks for
 MAX_WAIT = 5.0
-PASSED_ENV = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+# PYTHONPATH passes through so that pods run the code under test (a checkout other than the installed one);
+# a pod's own PYTHONPATH, when it sets one, still wins.
+PASSED_ENV = ("HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH")
 
 
 @dataclass
@@ -65,6 +69,8 @@ class WorkerContext:
     host_ip: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
     component: str = "heterotrain-procnode"
+    cgroups: Cgroups | None = None  # None: limits and emulated speeds are not enforced (--no-cgroups)
+    cores_per_speed: Callable[[], float] = lambda: DEFAULT_CPU_PER_SPEED  # an emulated device of speed 1.0
 
     def base_env(self) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
@@ -124,6 +130,9 @@ class PodWorker:
         self._own_sa_dir: Path | None = None
         self._token_refresh: list[tuple[TokenSpec, float]] = []
         self._on_finished = on_finished
+        self._cgroups = (
+            None if ctx.cgroups is None else PodCgroups(ctx.cgroups, self.uid, self.key, ctx.cores_per_speed)
+        )
         now = time.time()
         self.st = lifecycle.new_pod_state(pod)
         lifecycle.adopt(self.st, pod, now, ctx.cfg)
@@ -172,6 +181,8 @@ class PodWorker:
             log.exception("pod %s: worker failed", self.key)
             self._stop_processes(time.time() + 2.0)
         finally:
+            if self._cgroups is not None:
+                self._cgroups.close()
             self._on_finished(self.uid)
 
     def _loop(self) -> None:
@@ -191,6 +202,8 @@ class PodWorker:
                 self._execute(action, pod)
             self._drain_exits(pod)
             lifecycle.settle(self.st, pod, time.time(), cfg)
+            if self.st.terminal and not self._procs and self._cgroups is not None:
+                self._cgroups.close()  # a terminal pod never runs again
             self._refresh_tokens(time.time())
             if not self.st.deleted and not self.st.frozen and not self.st.delete_requested:
                 self._push_status()
@@ -210,9 +223,10 @@ class PodWorker:
                 continue
             del self._procs[name]
             message = self._termination_message(pod, name, rc)
-            lifecycle.on_exited(self.st, name, rc, when, self.ctx.cfg, message)
+            oom = self._cgroups.ended(name) if self._cgroups is not None else False
+            lifecycle.on_exited(self.st, name, rc, when, self.ctx.cfg, message, oom_killed=oom)
             c = self.st.container(name)
-            how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+            how = ("OOM-killed, " if oom else "") + (f"signal {-rc}" if rc < 0 else f"exit code {rc}")
             log.info("pod %s container %s (pid %d) ended with %s", self.key, name, pid, how)
             if c.state == lifecycle.WAITING and c.reason == "CrashLoopBackOff":
                 self._event(pod, "Warning", "BackOff", f"Back-off restarting failed container {name}", name)
@@ -420,10 +434,6 @@ class PodWorker:
 
         proc_env = self.ctx.base_env()
         proc_env["HOSTNAME"] = pod["spec"].get("hostname") or pod["metadata"]["name"]
-        node = self.ctx.node_lookup(pod["spec"].get("nodeName", "")) or {}
-        speed = ((node.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_EMULATED_SPEED)
-        if speed:
-            proc_env[ENV_EMULATED_SPEED] = str(speed)
         rewritten = {k: pathmap.rewrite(v) for k, v in env.items()}
         proc_env.update(rewritten)
         if "PATH" in rewritten:
@@ -445,6 +455,12 @@ class PodWorker:
             proc_env.setdefault("KUBECONFIG", str(kc))
             proc_env.setdefault(ENV_SERVICEACCOUNT_DIR, str(sa_dir))
 
+        try:
+            node = self.ctx.node_lookup(pod["spec"].get("nodeName", "")) or {}
+            preexec = self._cgroups.start(pod, node, name).preexec() if self._cgroups is not None else None
+        except (CgroupError, ValueError) as e:
+            self._start_failed(pod, name, f"cgroup: {e}")
+            return
         log_path = self.dirs.log(name)
         if log_path.exists():
             os.replace(log_path, self.dirs.previous_log(name))
@@ -457,12 +473,13 @@ class PodWorker:
                 self.ctx.state_dir,
                 (self.key, name),
                 on_exit=functools.partial(self._exited, name),
+                preexec=preexec,
+                node=self.node,
             )
-        except OSError as e:
-            msg = f"failed to start {argv[0]!r}: {e.strerror or e}"
-            log.warning("pod %s container %s: %s", self.key, name, msg)
-            self._event(pod, "Warning", "Failed", f"Error: {msg}", name)
-            lifecycle.on_start_error(st, name, time.time(), cfg, msg)
+        except (OSError, subprocess.SubprocessError) as e:
+            if self._cgroups is not None:
+                self._cgroups.ended(name)
+            self._start_failed(pod, name, f"failed to start {argv[0]!r}: {getattr(e, 'strerror', None) or e}")
             return
         # Exits are drained in this thread, after this registration; they carry the pid.
         self._procs[name] = proc
@@ -477,6 +494,11 @@ class PodWorker:
             argv,
         )
         self._event(pod, "Normal", "Started", f"Started container {name} (process {proc.pid})", name)
+
+    def _start_failed(self, pod: JSON, name: str, msg: str) -> None:
+        log.warning("pod %s container %s: %s", self.key, name, msg)
+        self._event(pod, "Warning", "Failed", f"Error: {msg}", name)
+        lifecycle.on_start_error(self.st, name, time.time(), self.ctx.cfg, msg)
 
     def _exited(self, name: str, pid: int, rc: int) -> None:
         # Called from the reaper thread: hand over to the worker thread.

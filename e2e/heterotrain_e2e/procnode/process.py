@@ -1,6 +1,6 @@
 """Container processes: one process group (own session) each, a pid file each, logs to a file.
 
-Pid files: ``<state-dir>/pids/<pgid>`` holds ``"<pid> <starttime> <namespace>/<pod> <container>"``
+Pid files: ``<state-dir>/pids/<pgid>`` holds ``"<pid> <starttime> <namespace>/<pod> <container> <node>"``
 (``starttime``: field 22 of ``/proc/<pid>/stat``, to tell a reused pid apart).
 The file exists from just after the process started until it is reaped, so a
 cluster-down after the runner itself was SIGKILLed can find the leftovers:
@@ -43,11 +43,11 @@ def pid_dir(state_dir: Path) -> Path:
     return state_dir / "pids"
 
 
-def write_pid_file(state_dir: Path, pid: int, pod: str, container: str) -> None:
+def write_pid_file(state_dir: Path, pid: int, pod: str, container: str, node: str = "-") -> None:
     d = pid_dir(state_dir)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{pid}.tmp"
-    tmp.write_text(f"{pid} {proc_starttime(pid) or '-'} {pod} {container}\n")
+    tmp.write_text(f"{pid} {proc_starttime(pid) or '-'} {pod} {container} {node or '-'}\n")
     os.replace(tmp, d / str(pid))
 
 
@@ -120,6 +120,8 @@ class ContainerProcess:
         state_dir: Path,
         label: tuple[str, str],
         on_exit: Callable[[int, int], None],
+        preexec: Callable[[], None] | None = None,
+        node: str = "-",
     ) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as out:
@@ -132,11 +134,12 @@ class ContainerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=preexec,  # joins the container's cgroup before exec
             )
         self.pid = self.popen.pid
         self._state_dir = state_dir
         self._on_exit = on_exit
-        write_pid_file(state_dir, self.pid, label[0], label[1])
+        write_pid_file(state_dir, self.pid, label[0], label[1], node)
         self._thread = threading.Thread(target=self._reap, name=f"reap-{label[1]}-{self.pid}", daemon=True)
         self._thread.start()
 

@@ -17,13 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heterotrain_runtime.cgroups import DEFAULT_CPU_PER_SPEED, Cgroups, cpu_per_speed
+
 from . import lifecycle, status
+from .control import stopped_nodes
 from .ipam import IPAllocator
 from .kube import STRATEGIC_MERGE_PATCH, ApiError, KubeREST, q
 from .kubeconfig import ApiServer
 from .kubeletapi import KubeletAPI
+from .podcgroups import RECORD, record_owner, remove_recorded
 from .podworker import PodWorker, WorkerContext
 from .process import kill_leftovers
+from .resources import node_emulated_capacity
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -45,6 +50,9 @@ class RunnerConfig:
     host_ip: str = "127.0.0.1"
     extra_env: dict[str, str] = field(default_factory=dict)
     lifecycle: lifecycle.Config = field(default_factory=lifecycle.Config)
+    cgroups: bool = True  # enforce limits and emulated speeds (False: --no-cgroups)
+    cgroup_parent: str | None = None
+    cpu_per_speed: float = DEFAULT_CPU_PER_SPEED
 
 
 def _arch() -> str:
@@ -81,6 +89,34 @@ class Runner:
         )
         self._node_info: dict[str, str] = {}
         self._kubelet_api: KubeletAPI | None = None
+        self.cgroups: Cgroups | None = None
+
+    def open_cgroups(self) -> None:
+        """The runner's cgroups (CgroupUnavailable, naming what is missing, where they cannot be used)."""
+        if not self.cfg.cgroups or self.cgroups is not None:
+            return
+        gone = remove_recorded(self.cfg.state_dir)  # a previous runner on this state dir was killed
+        if gone:
+            log.warning("removed the cgroups a previous runner left: %s", gone)
+        self.cgroups = Cgroups(
+            "procnode",
+            parent=self.cfg.cgroup_parent,
+            hint="or start the process runner with --no-cgroups: pods' limits and emulated speeds "
+            "are then not enforced",
+        )
+        record_owner(self.cfg.state_dir, self.cgroups)
+        self.ctx.cgroups = self.cgroups
+        self.ctx.cores_per_speed = self.cores_per_speed
+        log.info("pods run in cgroups under %s", self.cgroups.owner.dirs)
+
+    def cores_per_speed(self) -> float:
+        """An emulated device's CPU quota per unit of speed: all the served nodes' devices fit the machine."""
+        assert self.cgroups is not None
+        with self._lock:
+            nodes = list(self._nodes.values())
+        return cpu_per_speed(
+            node_emulated_capacity(nodes), self.cgroups.available_cores(), self.cfg.cpu_per_speed
+        )
 
     # --- public -----------------------------------------------------------------
 
@@ -93,6 +129,7 @@ class Runner:
         left = kill_leftovers(self.cfg.state_dir)
         if left:
             log.warning("killed %d process(es) left by a previous runner: %s", len(left), left)
+        self.open_cgroups()
         self._node_info = self._make_node_info()
         try:
             self._kubelet_api = KubeletAPI(self.cfg.state_dir, self._container_running, self.cfg.host_ip)
@@ -127,6 +164,10 @@ class Runner:
             log.error("pod workers still running at exit: %s", stuck)
         # Anything a worker could not account for (it never happens; belt and braces).
         kill_leftovers(self.cfg.state_dir)
+        if self.cgroups is not None:
+            self.cgroups.close()
+            (self.cfg.state_dir / RECORD).unlink(missing_ok=True)
+            self.cgroups = None
         if self._kubelet_api is not None:
             self._kubelet_api.stop()
 
@@ -177,10 +218,13 @@ class Runner:
         if self.cfg.node_names:
             items = [n for n in items if n["metadata"]["name"] in self.cfg.node_names]
         now = time.time()
+        stopped = stopped_nodes(self.cfg.state_dir)
         for node in items:
             name = node["metadata"]["name"]
             with self._lock:
                 self._nodes[name] = node
+            if name in stopped:
+                continue  # a stopped node (see .control): no Lease, no status; its pods keep being watched
             try:
                 self._renew_lease(node, now)
             except Exception as e:
@@ -338,6 +382,8 @@ class Runner:
             phase = (pod.get("status") or {}).get("phase")
             if phase in lifecycle.TERMINAL_PHASES and not pod["metadata"].get("deletionTimestamp"):
                 return  # finished before we saw it: left as is
+            if node in stopped_nodes(self.cfg.state_dir):
+                return  # a stopped node starts nothing
             w = PodWorker(self.ctx, pod, self._worker_finished)
             self._workers[uid] = w
         log.info(
