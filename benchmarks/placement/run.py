@@ -182,7 +182,7 @@ def make_jobs(
                 opts[k].type,
                 opts[k].resource_name,
                 opts[k].per_worker,
-                opts[k].relative_throughput,
+                opts[k].worker_throughput,
                 rng.randint(1, 4),
             )
         max_w = max(1, int(rng.choice([1, 2, 4, 8, 16, 32]) * (8 / p) ** 0.5))
@@ -313,7 +313,7 @@ class BoundModel:
         self.c = np.zeros(self.nx + self.ny)
         self.x_bounds: list[tuple[float, float]] = []
         for k, (_, o, u) in enumerate(var):
-            self.c[k] = -o.relative_throughput
+            self.c[k] = -o.worker_throughput
             self.x_bounds.append((0.0, u))
         rows: list[int] = []
         cols: list[int] = []
