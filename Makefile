@@ -13,13 +13,14 @@ export PATH := $(PATH):/usr/local/go/bin
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The product (editable, with its dev tools) and, next to it, the test infrastructure (e2e/pyproject.toml).
+$(STAMP): pyproject.toml e2e/pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip setuptools wheel
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev]' -e ./e2e
 	@touch $@
 
-venv: $(STAMP) ## create .venv with the project and its dev tools
+venv: $(STAMP) ## create .venv with the project, its dev tools and the test infrastructure
 
 toolchain: $(STAMP) ## build (or find cached) kube-apiserver, etcd, scheduler, controller-manager, kubectl, kwok, helm
 	$(VPY) -m heterotrain_e2e.cluster build
@@ -36,10 +37,11 @@ cluster-status: $(STAMP)
 crds: $(STAMP) ## regenerate the CRD (crds/ and the chart's copy) from the pydantic types
 	$(VPY) -m heterotrain_api.crdgen
 
-verify: $(STAMP) ## lint, types, layer contracts, generated files in sync
+verify: $(STAMP) ## lint, types (strict, all of operator/ and runtime/), layer contracts, sizes, generated files in sync
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
-	$(VPY) -m mypy --config-file pyproject.toml operator/heterotrain_api operator/heterotrain_operator/placement operator/heterotrain_operator/reconcile.py operator/heterotrain_operator/observe.py operator/heterotrain_operator/desired.py operator/heterotrain_operator/settings.py runtime/heterotrain_runtime/contract.py
+	$(VPY) -m mypy --config-file pyproject.toml operator runtime
+	$(VPY) .ci/check_sizes.py operator runtime
 	$(VENV)/bin/lint-imports --config pyproject.toml
 	$(VPY) -m heterotrain_api.crdgen --check
 
@@ -54,7 +56,7 @@ dev-operator: $(STAMP) ## install the CRDs and run the operator in the foregroun
 	$(VPY) -m heterotrain_operator dev
 
 demo: $(STAMP) ## start the local cluster (unless KUBECONFIG is set), the operator, and the quickstart job
-	$(VPY) -m heterotrain_operator demo --cluster-dir $(CLUSTER_DIR)
+	$(VPY) -m heterotrain_e2e.demo --cluster-dir $(CLUSTER_DIR)
 
 bench-placement: $(STAMP) ## placement benchmark -> benchmarks/results/placement.json
 	$(VPY) benchmarks/placement/run.py
@@ -62,7 +64,13 @@ bench-placement: $(STAMP) ## placement benchmark -> benchmarks/results/placement
 bench-runtime: $(STAMP) ## runtime benchmark -> benchmarks/results/runtime.json
 	$(VPY) benchmarks/runtime/run.py
 
+bench-faults: $(STAMP) toolchain ## failures through the operator on the local cluster vs torchrun (same run), ETTR -> benchmarks/results/faults.json
+	$(VPY) benchmarks/faults/run.py
+
+soak: $(STAMP) toolchain ## 1,000 kwok nodes, 200 jobs: nothing deleted, created or re-formed while the cluster is quiet -> benchmarks/results/soak.json
+	$(VPY) -m heterotrain_e2e.soak
+
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache
 
-.PHONY: help venv toolchain cluster-up cluster-down cluster-status crds verify unit test dev-operator demo bench-placement bench-runtime clean
+.PHONY: help venv toolchain cluster-up cluster-down cluster-status crds verify unit test dev-operator demo bench-placement bench-runtime bench-faults soak clean
