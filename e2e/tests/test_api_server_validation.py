@@ -100,6 +100,7 @@ def test_minimal_job_gets_every_default(cluster: Any) -> None:
     assert spec["faultTolerance"] == {
         "maxRestarts": 10,
         "heartbeatTimeoutSeconds": 15,
+        "startupTimeoutSeconds": 900,
         "onWorkerFailure": "Replace",
         "restartBackoffSeconds": 1,
         "restartBackoffLimitSeconds": 60,

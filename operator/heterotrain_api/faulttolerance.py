@@ -12,6 +12,7 @@ from heterotrain_contract import (
     DEFAULT_FAILURE_WINDOW_SECONDS,
     DEFAULT_RESTART_BACKOFF_LIMIT_SECONDS,
     DEFAULT_RESTART_BACKOFF_SECONDS,
+    DEFAULT_STARTUP_TIMEOUT_SECONDS,
 )
 
 from ._base import SpecModel
@@ -30,6 +31,17 @@ class FaultToleranceSpec(SpecModel):
         ge=5,
         le=600,
         description="A worker silent for this long (5..600 seconds) is considered failed.",
+    )
+    startup_timeout_seconds: int = Field(
+        default=DEFAULT_STARTUP_TIMEOUT_SECONDS,
+        ge=10,
+        le=86400,
+        description=(
+            "A new worker of a job that runs the SDK (a replacement, or one that grows the world) starts "
+            "its training processes before it joins; one that is not ready to join (has not built its "
+            "model, optimizer and dataset) this many seconds after it started is stuck: it is killed and "
+            "restarted in its pod, counted like a failed process (maxRestarts, the backoff)."
+        ),
     )
     restart_backoff_seconds: int = Field(
         default=DEFAULT_RESTART_BACKOFF_SECONDS,

@@ -139,6 +139,7 @@ def contract_env(job: JobView, acc: ResolvedAccelerator) -> list[dict[str, Any]]
         {"name": c.ENV_JOB_NAME, "value": job.name},
         {"name": c.ENV_NAMESPACE, "value": job.namespace},
         _field_env(c.ENV_POD_NAME, "metadata.name"),
+        _field_env(c.ENV_POD_IP, "status.podIP"),
         _field_env(c.ENV_NODE_NAME, "spec.nodeName"),
         # Read when the container starts: the annotation is set (or not) before the pod is ungated.
         _field_env(c.ENV_START_BEFORE_MEMBER, f"metadata.annotations['{c.ANNOTATION_START_BEFORE_MEMBER}']"),
@@ -153,6 +154,7 @@ def contract_env(job: JobView, acc: ResolvedAccelerator) -> list[dict[str, Any]]
         {"name": c.ENV_CHECKPOINT_ASYNC, "value": "true" if ck.async_ else "false"},
         {"name": c.ENV_MAX_RESTARTS, "value": str(spec.fault_tolerance.max_restarts)},
         {"name": c.ENV_HEARTBEAT_TIMEOUT, "value": str(spec.fault_tolerance.heartbeat_timeout_seconds)},
+        {"name": c.ENV_STARTUP_TIMEOUT, "value": str(spec.fault_tolerance.startup_timeout_seconds)},
         {"name": c.ENV_RESTART_BACKOFF, "value": str(spec.fault_tolerance.restart_backoff_seconds)},
         {
             "name": c.ENV_RESTART_BACKOFF_LIMIT,

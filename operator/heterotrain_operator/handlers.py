@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from typing import Any
 
@@ -82,8 +81,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     if cfg.metrics_port:
         from prometheus_client import start_http_server
 
-        # On the pod IP when the chart gives it: replicas that share a host's network never clash.
-        start_http_server(cfg.metrics_port, addr=os.environ.get("HETEROTRAIN_POD_IP") or "0.0.0.0")
+        start_http_server(cfg.metrics_port, addr=cfg.metrics_address)
     kube = Kube(load_client(), cfg.field_manager)
     cache = ClusterCache()
     ctl = Controller(kube, cfg, cache)

@@ -18,6 +18,9 @@ class Settings:
     resync_seconds: float = 10.0
     namespace: str | None = None  # watch one namespace; None = cluster-wide
     metrics_port: int = 0  # 0 = no metrics HTTP server
+    metrics_address: str = (
+        "0.0.0.0"  # the pod IP when the chart gives it: replicas sharing a host never clash
+    )
     # Workers: Pod Security "restricted" (the default) or "none" (no securityContext is set), the uid they
     # run as (None: the image's own user, which must then not be root), and their metrics port (0 = off).
     worker_pod_security: str = "restricted"
@@ -40,6 +43,7 @@ class Settings:
             resync_seconds=float(env.get("HETEROTRAIN_RESYNC_SECONDS", cls.resync_seconds)),
             namespace=env.get("HETEROTRAIN_NAMESPACE_SCOPE") or None,
             metrics_port=int(env.get("HETEROTRAIN_METRICS_PORT", "0")),
+            metrics_address=env.get("HETEROTRAIN_POD_IP") or cls.metrics_address,
             worker_pod_security=_choice(
                 env, "HETEROTRAIN_WORKER_POD_SECURITY", cls.worker_pod_security, ("restricted", "none")
             ),

@@ -24,6 +24,7 @@ def truthy(value: object, default: bool = False) -> bool:
 ENV_JOB_NAME: Final = "HETEROTRAIN_JOB_NAME"
 ENV_NAMESPACE: Final = "HETEROTRAIN_NAMESPACE"
 ENV_POD_NAME: Final = "HETEROTRAIN_POD_NAME"  # from the downward API
+ENV_POD_IP: Final = "HETEROTRAIN_POD_IP"  # (downward API: status.podIP) where metrics are served
 ENV_NODE_NAME: Final = "HETEROTRAIN_NODE_NAME"  # the node the worker runs on (downward API: spec.nodeName)
 ENV_ACCELERATOR: Final = "HETEROTRAIN_ACCELERATOR"  # the pool type of this worker
 ENV_BACKEND: Final = "HETEROTRAIN_BACKEND"  # intra-pool backend, as the API names it: nccl|hccl|rccl|gloo
@@ -46,6 +47,11 @@ ENV_HEARTBEAT_TIMEOUT: Final = "HETEROTRAIN_HEARTBEAT_TIMEOUT_SECONDS"
 ENV_RESTART_BACKOFF: Final = "HETEROTRAIN_RESTART_BACKOFF_SECONDS"
 ENV_RESTART_BACKOFF_LIMIT: Final = "HETEROTRAIN_RESTART_BACKOFF_LIMIT_SECONDS"
 ENV_FAILURE_WINDOW: Final = "HETEROTRAIN_FAILURE_WINDOW_SECONDS"
+#: A process of a pod that starts before it is a member (an SDK script) that has not written its SDK handshake
+#: this many seconds after it started is stuck before training (an import, a dataset or a device that never
+#: comes up): the launcher kills it and restarts it in place, and the pod fails once no restarts are left.
+ENV_STARTUP_TIMEOUT: Final = "HETEROTRAIN_STARTUP_TIMEOUT_SECONDS"
+DEFAULT_STARTUP_TIMEOUT_SECONDS: Final = 900
 ENV_METRICS_PORT: Final = "HETEROTRAIN_METRICS_PORT"  # the worker serves Prometheus metrics on this port
 
 # --- membership -------------------------------------------------------------------------------

@@ -226,6 +226,9 @@ class Child:
     restarting_since: float | None = None  # failed then, not beating by itself yet (monotonic)
     rejoins: bool = False  # an SDK process restarting: the world goes on without the pod until it is back
     started_at: float | None = None  # when the running process was started (monotonic)
+    stuck: bool = (
+        False  # killed for not being ready within the startup timeout (see Launcher._end_stuck_starts)
+    )
 
     @property
     def running(self) -> bool:
@@ -263,6 +266,9 @@ class Launcher:
             else float(self.env.get(envvars.ENV_MEMBERSHIP_POLL_SECONDS, default_poll))
         )
         self.max_restarts = int(self.env.get(hc.ENV_MAX_RESTARTS, envvars.DEFAULT_MAX_RESTARTS))
+        self.startup_timeout = float(
+            self.env.get(hc.ENV_STARTUP_TIMEOUT) or hc.DEFAULT_STARTUP_TIMEOUT_SECONDS
+        )
         self.stop_timeout = stop_timeout
         if workdir:
             os.makedirs(workdir, exist_ok=True)
@@ -369,7 +375,7 @@ class Launcher:
             env[envvars.ENV_LAST_EXIT_CODE] = str(self.last_exit)
         warm = self.standby.take(env) if c.restarting_since is not None else None
         c.proc = warm or subprocess.Popen(self.command, env=env, preexec_fn=_die_with_parent)
-        c.started_at = time.monotonic()
+        c.started_at, c.stuck = time.monotonic(), False
 
     def _start_when_member(self, c: Child) -> None:
         """Start ``c`` now if it may run (a member, or early starts allowed), else once the pod is a member."""
@@ -473,6 +479,7 @@ class Launcher:
                 if c.waiting and time.monotonic() >= c.restart_at:
                     self._start_when_member(c)
             self._follow_epoch()
+            self._end_stuck_starts()
             self._care_for_restarts()
             self._wake.wait(min(self.poll, 1.0))
 
@@ -510,6 +517,35 @@ class Launcher:
                 oom_kills()
             )  # the warm interpreter's death (an OOM kill takes it first) is no process's
 
+    def _end_stuck_starts(self) -> None:
+        """Kill an SDK process that is not ready (no handshake) ``startup_timeout`` seconds after it started.
+
+        Until then a slow start is beaten for (rank 0 hears "starting", not silence); past it the process
+        is stuck before training (an import, a dataset or a device that never comes up) and holds its pod's
+        slot without ever joining.  Its end is a failure like any other: restarted in place after the
+        backoff, or the pod's end once no restarts are left (the operator replaces it then)."""
+        if not self.start_before_member:
+            return  # a plain script writes no handshake: nothing tells its slow start from a stuck one
+        now = time.monotonic()
+        for c in self.children:
+            if (
+                c.running
+                and not c.stuck
+                and c.started_at is not None
+                and now - c.started_at > self.startup_timeout
+                and not os.path.exists(c.handshake_file)
+            ):
+                assert c.proc is not None
+                log.error(
+                    "%s[%d]: not ready to train %gs after it started (startup timeout): killing it",
+                    self.pod,
+                    c.local_rank,
+                    self.startup_timeout,
+                )
+                c.stuck = True
+                with contextlib.suppress(ProcessLookupError):
+                    c.proc.kill()
+
     def _on_exit(self, c: Child, rc: int) -> int | None:
         """A process ended: done, restarted in place, or the pod's end (its exit code)."""
         if self._stopping is not None or rc == 0 or self._finished:
@@ -517,7 +553,7 @@ class Launcher:
             c.returncode = rc
             self._finished = self._finished or rc == 0
             return None
-        oom = self._out_of_memory(rc)
+        oom = self._out_of_memory(rc) and not c.stuck
         if oom or self.restarts >= self.max_restarts:
             why = (
                 "out of memory: the pod fails so that its type's micro-batch cap is lowered"
@@ -530,7 +566,7 @@ class Launcher:
             return exit_code(rc)
         self.restarts += 1
         self.last_exit = exit_code(rc)
-        self.metrics.restarts.labels(reason="failure").inc()
+        self.metrics.restarts.labels(reason="startup_timeout" if c.stuck else "failure").inc()
         delay = self.policy.failed()
         log.warning(
             "%s[%d]: user process failed (%d); restart %d/%d in place%s",

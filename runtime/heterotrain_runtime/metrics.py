@@ -13,6 +13,8 @@ import logging
 import os
 from typing import Any
 
+import heterotrain_contract as hc
+
 log = logging.getLogger(__name__)
 
 
@@ -98,7 +100,7 @@ class RuntimeMetrics:
             if port:
                 # On the pod IP when known (where Prometheus scrapes it): pods that share a host's
                 # network, as on the e2e suite's process nodes, then never clash on the port.
-                addr = os.environ.get("HETEROTRAIN_POD_IP") or "0.0.0.0"
+                addr = os.environ.get(hc.ENV_POD_IP) or "0.0.0.0"
                 try:
                     pc.start_http_server(int(port), addr=addr, registry=r)
                 except OSError as e:

@@ -47,8 +47,12 @@ def test_image_user_and_opt_out(make_job):
 def test_settings_from_env(monkeypatch):
     monkeypatch.setenv("HETEROTRAIN_WORKER_RUN_AS_USER", "")
     monkeypatch.setenv("HETEROTRAIN_WORKER_POD_SECURITY", "none")
+    monkeypatch.delenv("HETEROTRAIN_POD_IP", raising=False)
     s = Settings.from_env()
     assert s.worker_run_as_user is None and s.worker_pod_security == "none"
+    assert s.metrics_address == "0.0.0.0"
+    monkeypatch.setenv("HETEROTRAIN_POD_IP", "10.1.2.3")  # the chart's downward API: replicas never clash
+    assert Settings.from_env().metrics_address == "10.1.2.3"
     monkeypatch.setenv("HETEROTRAIN_WORKER_POD_SECURITY", "baseline")
     with pytest.raises(ValueError, match="HETEROTRAIN_WORKER_POD_SECURITY='baseline'"):
         Settings.from_env()

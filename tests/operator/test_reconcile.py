@@ -56,6 +56,8 @@ def test_injected_runtime(settings, make_job):
     assert env["PYTHONPATH"]["value"] == f"{RUNTIME_MOUNT_PATH}:/app"
     assert env[c.ENV_ACCELERATOR]["value"] == "nvidia-h100"
     assert env[c.ENV_POD_NAME]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env[c.ENV_POD_IP]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"  # metrics bind there
+    assert env[c.ENV_STARTUP_TIMEOUT]["value"] == str(c.DEFAULT_STARTUP_TIMEOUT_SECONDS)
     assert ctr["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {v["name"] for v in pod["spec"]["volumes"]} >= {RUNTIME_VOLUME_NAME}
 

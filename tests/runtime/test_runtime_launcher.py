@@ -20,7 +20,7 @@ from rt_helpers import PYTHON, Procs, wait_for
 import heterotrain_contract as hc
 from heterotrain_contract import Member, Membership
 from heterotrain_runtime import envvars
-from heterotrain_runtime.launcher import Launcher, Wakeup, batch_split, child_env, exit_code
+from heterotrain_runtime.launcher import Child, Launcher, Wakeup, batch_split, child_env, exit_code
 from heterotrain_runtime.restarts import ProcessesCondition
 
 
@@ -517,17 +517,19 @@ class RecordedCondition(ProcessesCondition):
         self.values.append((ready, message, reason, sum(h.exists() for h in self.handshakes)))
 
 
-def _in_process(tmp: Path, members: list[str], nproc: int) -> tuple[Launcher, RecordedCondition, Path]:
+def _in_process(
+    tmp: Path, members: list[str], nproc: int, mode: str = "sdk", **extra_env: str
+) -> tuple[Launcher, RecordedCondition, Path]:
     """A launcher of pod w1 that may start before it is a member, run in this process (its condition
-    recorded); ``members``: the world it finds."""
+    recorded); ``members``: the world it finds; ``mode``: what the script does (see ``SCRIPT``)."""
     script = tmp / "script.py"
     script.write_text(SCRIPT)
     out, mfile, wd = tmp / "out.jsonl", tmp / "membership.json", tmp / "wd"
     hc.write_membership_file(str(mfile), _membership(4, members))
     cond = RecordedCondition([wd / f"sdk-handshake-{i}.json" for i in range(nproc)])
-    env = {**os.environ, hc.ENV_POD_NAME: "w1", hc.ENV_MEMBERSHIP_SOURCE: f"file:{mfile}"}
+    env = {**os.environ, hc.ENV_POD_NAME: "w1", hc.ENV_MEMBERSHIP_SOURCE: f"file:{mfile}", **extra_env}
     launcher = Launcher(
-        [PYTHON, str(script), str(out), "sdk"],
+        [PYTHON, str(script), str(out), mode],
         env=env,
         poll_interval=0.05,
         stop_timeout=5,
@@ -574,6 +576,66 @@ def test_a_pod_started_as_a_member_sets_no_condition(tmp_path: Path, handlers: N
     handshake = tmp_path / "wd" / "sdk-handshake-0.json"
     assert _run_until(launcher, lambda: handshake.exists() and launcher.children[0].started_at) == 143
     assert cond.values == []
+
+
+def test_an_sdk_process_not_ready_within_the_startup_timeout_is_restarted_then_ends_the_pod(
+    tmp_path: Path, handlers: None
+) -> None:
+    """A process stuck before its handshake (an import, a dataset or a device that never comes up) would
+    hold its pod's slot for ever without joining: past the startup timeout the launcher kills it and
+    restarts it in place (a failure: counted, its exit code passed on), and ends the pod once no restarts
+    are left, so that the operator replaces it.  The pod never says it is ready."""
+    launcher, cond, out = _in_process(
+        tmp_path, ["w0"], nproc=1, mode="loop", **{hc.ENV_STARTUP_TIMEOUT: "0.5", hc.ENV_MAX_RESTARTS: "1"}
+    )
+    finished = threading.Event()
+
+    def watchdog() -> None:  # a launcher that never gives up would hang the test: stop it
+        if not finished.wait(30):
+            launcher._on_signal(signal.SIGTERM, None)
+
+    t = threading.Thread(target=watchdog)
+    t.start()
+    try:
+        rc = launcher.run()
+    finally:
+        finished.set()
+        t.join()
+    assert rc == exit_code(-signal.SIGKILL)  # killed twice: the second time no restart was left
+    starts = _records(out)
+    assert [r["HETEROTRAIN_RESTART_COUNT"] for r in starts] == ["0", "1"]
+    assert starts[1]["HETEROTRAIN_LAST_EXIT_CODE"] == str(exit_code(-signal.SIGKILL))
+    # not before its timeout (the records are written once each interpreter is up: allow for its start)
+    assert starts[1]["time"] - starts[0]["time"] >= 0.4
+    assert cond.values and not any(ready for ready, *_ in cond.values)
+
+
+def test_only_a_process_without_its_handshake_past_the_startup_timeout_is_stuck(
+    tmp_path: Path, procs: Procs
+) -> None:
+    """Ready (its handshake written) it lives on, however long ago it started; a plain script (no
+    early start: nothing tells its slow start from a stuck one) is never killed for it."""
+    for early in (True, False):
+        env = {
+            **os.environ,
+            hc.ENV_POD_NAME: "w1",
+            hc.ENV_MEMBERSHIP_SOURCE: f"file:{tmp_path / 'membership.json'}",
+            hc.ENV_STARTUP_TIMEOUT: "10",
+        }
+        launcher = Launcher(
+            ["true"], env=env, workdir=str(tmp_path / f"wd{early}"), start_before_member=early
+        )
+        c = Child(0, str(tmp_path / f"handshake-{early}.json"))
+        c.proc = procs.popen([PYTHON, "-c", "import time; time.sleep(60)"])
+        c.started_at = time.monotonic() - 11  # past its timeout
+        launcher.children = [c]
+        Path(c.handshake_file).write_text("{}")
+        launcher._end_stuck_starts()
+        assert c.running and not c.stuck
+        os.unlink(c.handshake_file)
+        launcher._end_stuck_starts()
+        assert c.stuck is early
+        assert (c.proc.wait(10) == -signal.SIGKILL) if early else c.running
 
 
 class FailingAPI:
