@@ -8,6 +8,7 @@ VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CLUSTER_DIR ?= .cluster
+SOAK_ARGS ?=
 export PATH := $(PATH):/usr/local/go/bin
 
 help: ## list the targets
@@ -67,8 +68,8 @@ bench-runtime: $(STAMP) ## runtime benchmark -> benchmarks/results/runtime.json
 bench-faults: $(STAMP) toolchain ## failures through the operator on the local cluster vs torchrun (same run), ETTR -> benchmarks/results/faults.json
 	$(VPY) benchmarks/faults/run.py
 
-soak: $(STAMP) toolchain ## 1,000 kwok nodes, 200 jobs: nothing deleted, created or re-formed while the cluster is quiet -> benchmarks/results/soak.json
-	$(VPY) -m heterotrain_e2e.soak
+soak: $(STAMP) toolchain ## 1,000 kwok nodes, 200 jobs: nothing deleted, created or re-formed while the cluster is quiet -> benchmarks/results/soak.json (SOAK_ARGS="--jobs-file F --seed N" for your own mix)
+	$(VPY) -m heterotrain_e2e.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache

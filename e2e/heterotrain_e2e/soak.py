@@ -92,6 +92,27 @@ def job_mix(count: int, seed: int, namespace: str = "default") -> list[dict[str,
     return out
 
 
+def load_jobs(path: Path, namespace: str = "default") -> list[dict[str, Any]]:
+    """Your own job mix: the HeteroTrainJobs of a YAML file (documents, or ``kind: List`` items), in
+    ``namespace`` unless they name one; anything else in the file is refused (the soak counts these jobs)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    items = [i for d in docs for i in (d.get("items") or [] if d.get("kind") == "List" else [d])]
+    jobs = []
+    for i, item in enumerate(items):
+        if item.get("kind") != "HeteroTrainJob" or not (item.get("metadata") or {}).get("name"):
+            raise ValueError(f"{path}: item {i} is not a named HeteroTrainJob (kind {item.get('kind')!r})")
+        meta = {"namespace": namespace, **item["metadata"]}
+        jobs.append({**item, "metadata": meta})
+    if not jobs:
+        raise ValueError(f"{path}: no HeteroTrainJob in it")
+    names = [(j["metadata"]["namespace"], j["metadata"]["name"]) for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: a job is named twice")
+    if {ns for ns, _ in names} != {namespace}:
+        raise ValueError(f"{path}: every job must be in namespace {namespace!r} (the soak watches it alone)")
+    return jobs
+
+
 @dataclass
 class Counts:
     """What the watches saw, with the time of each event (monotonic seconds)."""
@@ -247,6 +268,7 @@ class SoakConfig:
     quiet_seconds: float = 300.0
     settle_quiet_seconds: float = 30.0  # no creation, deletion or epoch for this long = settled
     settle_timeout: float = 900.0
+    jobs_file: Path | None = None  # your own job mix instead of the seeded one (``jobs`` and ``seed`` unused)
 
 
 def run(
@@ -283,7 +305,7 @@ def run(
             )
         obs = Observer(info.kubeconfig)
         obs.start()
-        jobs = job_mix(cfg.jobs, cfg.seed)
+        jobs = load_jobs(cfg.jobs_file) if cfg.jobs_file else job_mix(cfg.jobs, cfg.seed)
         names = [j["metadata"]["name"] for j in jobs]
         t_apply = time.monotonic()
         subprocess.run(
@@ -384,6 +406,7 @@ def _quiet_period(
         "nodes": cfg.nodes_per_type * len(TYPES),
         "jobs": len(names),
         "seed": cfg.seed,
+        **({"jobs_file": str(cfg.jobs_file)} if cfg.jobs_file else {}),
         "workers": _worker_count(obs),
         "seconds_to_settle": round(seconds_to_settle, 1),
         "quiet_seconds": round(q1 - q0, 1),
@@ -436,6 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SoakConfig.seed)
     ap.add_argument("--quiet-seconds", type=float, default=SoakConfig.quiet_seconds)
     ap.add_argument("--settle-timeout", type=float, default=SoakConfig.settle_timeout)
+    ap.add_argument(
+        "--jobs-file",
+        type=Path,
+        default=None,
+        help="a YAML file of HeteroTrainJobs (namespace default; they must tolerate kwok's taint, "
+        f"{KWOK_TOLERATION['key']}) to apply instead of the seeded mix",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.json")
     ap.add_argument("--workdir", type=Path, default=None, help="cluster and logs (default: a temp dir)")
     args = ap.parse_args(argv)
@@ -445,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         quiet_seconds=args.quiet_seconds,
         settle_timeout=args.settle_timeout,
+        jobs_file=args.jobs_file,
     )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="heterotrain-soak-"))
     result = run(cfg, workdir, args.out, log=lambda s: print(s, flush=True))
