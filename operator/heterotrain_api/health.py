@@ -1,7 +1,7 @@
 """The status types of a job's health: its progress (written by the runtime) and its failures (by the operator).
 
 ``status.progress`` is the one report of every rank's liveness and progress that reaches the API: the
-runtime aggregates it inside the job (every rank beats into the world's store, rank 0 summarises) and
+runtime aggregates it inside the job (every rank beats to rank 0 over UDP, rank 0 summarises) and
 writes it under its own field manager every few seconds, whatever the world size.  The operator reads
 the ranks it names stale and the processes it names restarted in place; the rest is for people
 (``kubectl get htj`` shows the step and the samples/s).

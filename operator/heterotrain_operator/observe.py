@@ -1,8 +1,9 @@
 """Observed Kubernetes objects (plain JSON dicts) to the planner's inputs: pure functions.
 
-The reconciler lists nodes, pods and jobs once per pass; these functions turn
-that snapshot into :mod:`heterotrain_operator.placement` values (usage is summed
-from pod requests, read with the one quantity parser of :mod:`heterotrain_contract`).
+The reconciler reads one snapshot of nodes, pods and jobs per pass from the
+watch-fed cache (:mod:`heterotrain_operator.cache`); these functions turn it
+into :mod:`heterotrain_operator.placement` values (usage is summed from pod
+requests, read with the one quantity parser of :mod:`heterotrain_contract`).
 """
 
 from __future__ import annotations
