@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -7,6 +9,11 @@ import pytest
 from heterotrain_api import parse_spec, resolve_accelerators
 from heterotrain_operator.desired import JobView
 from heterotrain_operator.settings import Settings
+
+# ``controller_helpers`` (the controller over its cache with an in-memory API) importable under
+# ``--import-mode=importlib``.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
 
 
 def make_job(status: dict[str, Any] | None = None, **spec_over: Any) -> JobView:
