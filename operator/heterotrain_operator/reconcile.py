@@ -227,7 +227,8 @@ class PhaseState:
 
 def derive_phase(job: d.JobView, pods: JobPods, life: Lifecycle, world: World, now: datetime) -> PhaseState:
     """Running while the world trains at or above its minimum; Recovering from a lost worker until the
-    world is whole again (a world that grows or shrinks by the plan is still Running)."""
+    world is whole again (a world that grows or shrinks by the plan is still Running); Admitted again
+    while a world emptied on purpose (a resumed suspension) forms anew."""
     start = job.status.get("startTime")
     if not life.active:
         return PhaseState(life.phase, start, life.completion)
@@ -243,6 +244,8 @@ def derive_phase(job: d.JobView, pods: JobPods, life: Lifecycle, world: World, n
     )
     if pods.succeeded or (n >= job.spec.workers.min and not lost):
         return PhaseState(api.PHASE_RUNNING, start, life.completion)
+    if n == 0 and not lost:  # emptied on purpose (resumed from a suspension): it forms again, nothing lost
+        return PhaseState(api.PHASE_ADMITTED if life.admitted else api.PHASE_PENDING, start, life.completion)
     return PhaseState(api.PHASE_RECOVERING, start, life.completion)
 
 

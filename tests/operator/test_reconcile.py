@@ -199,6 +199,26 @@ def test_suspend_deletes_workers_and_resume_replans(settings, make_job):
     assert len(resumed.apply) == 4
 
 
+def test_a_resumed_job_is_admitted_again_not_recovering_from_a_loss(settings, make_job):
+    """Suspended after it ran, then resumed: nothing was lost, so it is Admitted while its workers start
+    (not Recovering with a WorkerLost), and Running once they run."""
+    job = make_job()
+    pods = [running(job, i, "nvidia-a100", f"n{i + 1}", f"127.1.0.{i + 1}", settings) for i in (0, 1)]
+    plan = admitted(("n1", "nvidia-a100"), ("n2", "nvidia-a100"))
+    ran = r.reconcile_job(job, pods, plan, settings, NOW)
+    assert ran.status["phase"] == "Running" and ran.status["startTime"]
+    suspended = r.reconcile_job(make_job(status=ran.status, suspend=True), pods, None, settings, NOW)
+    assert suspended.status["phase"] == "Suspended" and len(suspended.delete) == 2
+    resumed = r.reconcile_job(make_job(status=suspended.status), [], plan, settings, NOW)
+    assert any(e[1] == "Resumed" for e in resumed.events)
+    assert resumed.status["phase"] == "Admitted", resumed.status["phase"]
+    assert _conditions(resumed.status)["Recovering"]["status"] == "False"
+    assert not any(e[1] == "WorkerLost" for e in resumed.events)
+    back = r.reconcile_job(make_job(status=resumed.status), pods, plan, settings, NOW)
+    assert back.status["phase"] == "Running", back.status["phase"]
+    assert len(back.status["membership"]["world"]) == 2
+
+
 def test_success_when_all_workers_complete(settings, make_job):
     job = make_job(ttlSecondsAfterFinished=0)
     pods = [
