@@ -251,12 +251,15 @@ def _decide_active(
             return Lifecycle(
                 "succeeded", api.PHASE_SUCCEEDED, failures, events=events, completion=fmt_time(now)
             )
-        # Finishing: no new workers, no moves.  The world's last members end together; a worker still alive
-        # a heartbeat timeout after the first one completed was not in that world (it was joining as the
-        # training ended: its world can never form) and is stopped, so that the job completes.
+        # Finishing: no new workers, no moves.  The world's last members end together, each given the time a
+        # stopping worker has to checkpoint and exit (its grace period: a slow node writes the last checkpoint
+        # and leaves its interpreter for a while); a worker still alive that long after the first one
+        # completed was not in that world (it was joining as the training ended: its world can never form)
+        # and is stopped, so that the job completes.
         desired = tuple(o.current_slots(pods.alive))
         ended = [t for t in (o.finished_at(p) for p in pods.succeeded) if t is not None]
-        due = min(ended) + float(job.spec.fault_tolerance.heartbeat_timeout_seconds) if ended else None
+        window = max(job.spec.fault_tolerance.heartbeat_timeout_seconds, settings.worker_grace_seconds)
+        due = min(ended) + float(window) if ended else None
         late = due is not None and now.timestamp() >= due
         return Lifecycle(
             "finishing",

