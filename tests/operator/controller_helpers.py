@@ -140,3 +140,17 @@ def job(
 
 def by_node(api: Api, job_name: str) -> dict[str, str | None]:
     return {name: o.pod_node(p) for name, p in api.workers(job_name).items() if not o.is_deleting(p)}
+
+
+def cluster() -> tuple[ClusterCache, Api, Clock]:
+    """An Ascend node of 2 accelerators and an A100 node of 1, no pods, no jobs yet."""
+    clock = Clock()
+    cache = ClusterCache()
+    api = Api(cache, clock, grace=60)
+    cache.replace(
+        "nodes",
+        [node("asc", ASCEND, "huawei.com/Ascend910", 2), node("gpu", A100, "nvidia.com/gpu", 1)],
+    )
+    cache.replace("pods", [])
+    cache.replace("jobs", [])
+    return cache, api, clock

@@ -3,24 +3,11 @@ any job lands on a listed node; workers already running there stay (a node is dr
 
 from __future__ import annotations
 
-from controller_helpers import A100, ASCEND, T0, Api, Clock, by_node, job, node
+from controller_helpers import A100, ASCEND, T0, Api, Clock, by_node, cluster, job
 
 from heterotrain_operator.cache import ClusterCache
 from heterotrain_operator.controller import Controller
 from heterotrain_operator.settings import Settings
-
-
-def cluster() -> tuple[ClusterCache, Api, Clock]:
-    clock = Clock()
-    cache = ClusterCache()
-    api = Api(cache, clock, grace=60)
-    cache.replace(
-        "nodes",
-        [node("asc", ASCEND, "huawei.com/Ascend910", 2), node("gpu", A100, "nvidia.com/gpu", 1)],
-    )
-    cache.replace("pods", [])
-    cache.replace("jobs", [])
-    return cache, api, clock
 
 
 def submit(cache: ClusterCache, api: Api, name: str) -> None:

@@ -9,23 +9,15 @@ back), and the preemptor could wait for ever.
 
 from __future__ import annotations
 
-from controller_helpers import A100, ASCEND, T0, Api, Clock, by_node, job, node
+from controller_helpers import A100, ASCEND, T0, Api, Clock, by_node, cluster, job
 
 from heterotrain_operator import observe as o
-from heterotrain_operator.cache import ClusterCache
 from heterotrain_operator.controller import Controller
 from heterotrain_operator.settings import Settings
 
 
 def setup() -> tuple[Controller, Api, Clock]:
-    clock = Clock()
-    cache = ClusterCache()
-    api = Api(cache, clock, grace=60)
-    cache.replace(
-        "nodes",
-        [node("asc", ASCEND, "huawei.com/Ascend910", 2), node("gpu", A100, "nvidia.com/gpu", 1)],
-    )
-    cache.replace("pods", [])
+    cache, api, clock = cluster()
     low = job("low", 0, (1, 2), [A100, ASCEND], T0 - 600)
     api.objects[("HeteroTrainJob", "ns", "low")] = low
     cache.replace("jobs", [low])
