@@ -18,9 +18,8 @@ class Settings:
     resync_seconds: float = 10.0
     namespace: str | None = None  # watch one namespace; None = cluster-wide
     metrics_port: int = 0  # 0 = no metrics HTTP server
-    metrics_address: str = (
-        "0.0.0.0"  # the pod IP when the chart gives it: replicas sharing a host never clash
-    )
+    # The pod IP when the chart gives it (HETEROTRAIN_POD_IP): replicas sharing a host never clash.
+    metrics_address: str = "0.0.0.0"
     # Workers: Pod Security "restricted" (the default) or "none" (no securityContext is set), the uid they
     # run as (None: the image's own user, which must then not be root), and their metrics port (0 = off).
     worker_pod_security: str = "restricted"

@@ -226,9 +226,8 @@ class Child:
     restarting_since: float | None = None  # failed then, not beating by itself yet (monotonic)
     rejoins: bool = False  # an SDK process restarting: the world goes on without the pod until it is back
     started_at: float | None = None  # when the running process was started (monotonic)
-    stuck: bool = (
-        False  # killed for not being ready within the startup timeout (see Launcher._end_stuck_starts)
-    )
+    # killed for not being ready within the startup timeout (see Launcher._end_stuck_starts)
+    stuck: bool = False
 
     @property
     def running(self) -> bool:
