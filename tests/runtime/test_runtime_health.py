@@ -13,8 +13,17 @@ from rt_helpers import EXAMPLE, PYTHON
 
 from heterotrain_contract import Member, Membership
 from heterotrain_runtime.local import LocalSupervisor, PoolSpec
-from heterotrain_runtime.trainer.liveness import FORMING, OUTSIDE, STEP, Beat, Liveness, silence_timeout
-from heterotrain_runtime.trainer.progress import Limits, Seen, backup_of, signals, summarize
+from heterotrain_runtime.trainer.liveness import (
+    FORMING,
+    OUTSIDE,
+    STEP,
+    Beat,
+    Heartbeat,
+    Liveness,
+    backup_of,
+    silence_timeout,
+)
+from heterotrain_runtime.trainer.progress import Limits, Seen, signals, summarize
 
 LIM = Limits(silence=12.0, heartbeat=15.0, outside=600.0, startup=60.0)
 WORLD = Membership(
@@ -137,6 +146,46 @@ def test_the_backup_reporter_is_on_another_node_than_rank_0():
     assert backup_of(two, {}) == "w-2", "another pod than rank 0's when the nodes are not known"
     assert backup_of(Membership(epoch=1, world=WORLD.world[:1], master_port=1), {}) is None
     assert silence_timeout(15.0) == 12.0 and silence_timeout(5.0) == 2.5
+
+
+def test_a_rank_0_that_fell_silent_before_a_new_epoch_is_still_reported():
+    """Rank 0 names the backup in its acknowledgements, per epoch. A world that re-forms around a rank 0
+    already stopped never hears a name for the new epoch: the backup named last, and the one the
+    membership alone gives, report it then (no one would otherwise, and the job would wait for ever)."""
+
+    def heartbeat(name: str, m: Membership, backup: tuple[int, str] | None) -> tuple[Heartbeat, list[int]]:
+        t = [100.0]
+        reported: list[int] = []
+
+        class Source:
+            def get(self) -> Membership:
+                return m
+
+        live = Liveness(name, name, "node", "nvidia-h100", 0, None, clock=lambda: t[0])
+        hb = Heartbeat(
+            live,
+            Source(),
+            12.0,
+            lambda mm, silent: reported.append(mm.epoch),
+            clock=lambda: t[0],  # type: ignore[arg-type]
+        )
+        hb._backup = backup
+        t[0] += 13.0  # no acknowledgement for 13 s
+        hb._check_rank0(m, int(name[-1]))
+        return hb, reported
+
+    new = Membership(epoch=5, world=WORLD.world, master_port=29500)
+    # Named in this epoch: the named one alone.
+    assert heartbeat("w-2", WORLD, (4, "w-2"))[1] == [4]
+    assert heartbeat("w-1", WORLD, (4, "w-2"))[1] == []
+    # Named in the epoch before only: the one named then, and the membership's own choice (w-1).
+    assert heartbeat("w-2", new, (4, "w-2"))[1] == [5]
+    assert heartbeat("w-1", new, (4, "w-2"))[1] == [5]
+    assert heartbeat("w-1", new, None)[1] == [5]
+    assert heartbeat("w-2", new, None)[1] == []
+    # A backup named before that left the world does not report for it.
+    gone = Membership(epoch=5, world=WORLD.world[:2], master_port=29500)
+    assert heartbeat("w-2", gone, (4, "w-2"))[1] == []
 
 
 def test_beats_round_trip_and_liveness_tracks_phases():

@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -172,6 +172,21 @@ class LatestMembership:
         return self._latest
 
 
+def backup_of(membership: Membership, nodes: Mapping[str, str]) -> str | None:
+    """The process that reports a silent rank 0: the lowest rank on another node than rank 0's, else the
+    lowest rank of another pod, else rank 1 (``nodes``: process name -> node, as the beats say)."""
+    procs = membership.processes
+    if len(procs) < 2:
+        return None
+    first = procs[0]
+    node0 = nodes.get(first.name, "")
+    for p in procs[1:]:
+        node = nodes.get(p.name, "")
+        if node and node0 and node != node0:
+            return p.name
+    return next((p.name for p in procs[1:] if p.pod != first.pod), procs[1].name)
+
+
 BackupReport = Callable[[Membership, float], None]  # (membership, seconds rank 0 was silent)
 
 
@@ -257,13 +272,25 @@ class Heartbeat:
         silent = self.clock() - self._answered
         if my_rank == 0 or silent <= self.silence or self.on_rank0_silent is None:
             return
-        if self._backup != (m.epoch, self.liveness.name):
+        if not self._is_backup(m):
             return
         if self.clock() - self._reported >= 5.0:
             self._reported = self.clock()
             rank0 = m.processes[0].name
             log.warning("%s: rank 0 (%s) silent for %.0fs: reporting it", self.liveness.name, rank0, silent)
             self.on_rank0_silent(m, silent)
+
+    def _is_backup(self, m: Membership) -> bool:
+        """This process reports a silent rank 0 of ``m``: rank 0 named it the backup in this epoch; or rank 0
+        named none in this epoch (it fell silent before the epoch began: a world re-formed around a stopped
+        rank 0) and this process is the backup it named last, or the one the membership alone gives.  Two
+        may report then; never none while either lives."""
+        me = self.liveness.name
+        if self._backup is not None and self._backup[0] == m.epoch:
+            return self._backup[1] == me
+        last = self._backup[1] if self._backup is not None else None
+        members = {p.name for p in m.processes[1:]}
+        return (last == me and me in members) or backup_of(m, {}) == me
 
     def _close(self) -> None:
         if self._sock is not None:

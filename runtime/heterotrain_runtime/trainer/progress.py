@@ -30,7 +30,16 @@ from typing import Any
 
 from heterotrain_contract import Membership, Process
 
-from .liveness import FORMING, MAX_DATAGRAM, OUTSIDE, STEP, Beat, LatestMembership, rank0_address
+from .liveness import (
+    FORMING,
+    MAX_DATAGRAM,
+    OUTSIDE,
+    STEP,
+    Beat,
+    LatestMembership,
+    backup_of,
+    rank0_address,
+)
 
 log = logging.getLogger("heterotrain.sdk")
 
@@ -173,21 +182,6 @@ def signals(rec: Mapping[str, Any]) -> tuple[Any, ...]:
         tuple(sorted((s["pod"], s["reason"]) for s in rec.get("staleRanks") or [])),
         tuple(sorted((r["pod"], r["count"]) for r in rec.get("processRestarts") or [])),
     )
-
-
-def backup_of(membership: Membership, nodes: Mapping[str, str]) -> str | None:
-    """The process that reports a silent rank 0: the lowest rank on another node than rank 0's, else the
-    lowest rank of another pod, else rank 1 (``nodes``: process name -> node, as the beats say)."""
-    procs = membership.processes
-    if len(procs) < 2:
-        return None
-    first = procs[0]
-    node0 = nodes.get(first.name, "")
-    for p in procs[1:]:
-        node = nodes.get(p.name, "")
-        if node and node0 and node != node0:
-            return p.name
-    return next((p.name for p in procs[1:] if p.pod != first.pod), procs[1].name)
 
 
 class Writer:
