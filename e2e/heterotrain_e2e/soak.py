@@ -271,6 +271,31 @@ class SoakConfig:
     jobs_file: Path | None = None  # your own job mix instead of the seeded one (``jobs`` and ``seed`` unused)
 
 
+def _wait_established(kubectl: Sequence[str], crd: str, timeout: float) -> None:
+    """Poll until the CRD is Established (a control plane under load may answer slowly, or not at all for
+    a while); fail with what kubectl last said."""
+    deadline = time.monotonic() + timeout
+    said = ""
+    query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+    while time.monotonic() < deadline:
+        try:
+            r = subprocess.run(
+                [*kubectl, "--request-timeout=30s", "get", "crd", crd, "-o", query],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            said = "kubectl did not answer within 60s"
+            continue
+        if r.returncode == 0 and r.stdout.strip() == "True":
+            return
+        said = (r.stderr or r.stdout).strip()
+        time.sleep(1.0)
+    raise RuntimeError(f"CRD {crd} not Established within {timeout:.0f}s: {said or 'not yet'}")
+
+
 def run(
     cfg: SoakConfig, workdir: Path, out: Path | None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -290,11 +315,7 @@ def run(
         subprocess.run(
             [*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True, capture_output=True
         )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=180s", "crd", "--all"],
-            check=True,
-            capture_output=True,
-        )
+        _wait_established(kubectl, f"{PLURAL}.{GROUP}", timeout=300.0)
         with open(op_log, "wb") as f:
             op = subprocess.Popen(
                 [sys.executable, "-m", "heterotrain_operator", "run"],

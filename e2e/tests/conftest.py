@@ -69,6 +69,20 @@ def operator(_operator_process: OperatorProcess) -> OperatorProcess:
     return _operator_process
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The soak test runs its own control plane of 250 kwok nodes: it runs first among the e2e tests, before
+    the session's cluster (and its training process nodes) exists, so that two control planes never share
+    the machine's cores."""
+    here = Path(__file__).parent
+
+    def order(item: pytest.Item) -> int:
+        if here not in item.path.parents:
+            return 0
+        return 1 if item.path.name == "test_soak.py" else 2
+
+    items.sort(key=order)  # stable: the order within each group is kept
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
