@@ -9,6 +9,8 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CLUSTER_DIR ?= .cluster
 SOAK_ARGS ?=
+TEST_LOGS ?= .test-logs
+UNIT_NICE ?= 5
 export PATH := $(PATH):/usr/local/go/bin
 
 help: ## list the targets
@@ -49,8 +51,16 @@ verify: $(STAMP) ## lint, types (strict, all of operator/ and runtime/), layer c
 unit: $(STAMP) ## unit tests only (no cluster)
 	$(VPY) -m pytest tests -q
 
-test: verify toolchain ## verify, then unit and e2e tests (the e2e suite starts its own real control plane)
-	$(VPY) -m pytest tests e2e/tests -q -p no:cacheprovider
+# The unit tests run beside the e2e tests, at a lower CPU priority: the e2e tests wait on the control plane
+# much of the time, and their training pods keep their emulated speeds.  The unit tests' output follows.
+test: verify toolchain ## verify, then unit tests beside the e2e tests (the e2e suite starts its own real control plane)
+	@mkdir -p $(TEST_LOGS)
+	@echo "unit tests: running beside the e2e tests (nice $(UNIT_NICE)); their output follows the e2e tests'"
+	@( nice -n $(UNIT_NICE) $(VPY) -m pytest tests -q -p no:cacheprovider >$(TEST_LOGS)/unit.log 2>&1; \
+	   echo $$? >$(TEST_LOGS)/unit.rc ) & \
+	e2e=0; $(VPY) -m pytest e2e/tests -q -p no:cacheprovider || e2e=$$?; \
+	wait; echo "=== unit tests (tests/) ==="; cat $(TEST_LOGS)/unit.log; unit=$$(cat $(TEST_LOGS)/unit.rc); \
+	echo "e2e tests: exit $$e2e; unit tests: exit $$unit"; test "$$e2e" = 0 && test "$$unit" = 0
 
 dev-operator: $(STAMP) ## install the CRDs and run the operator in the foreground against $$KUBECONFIG
 	@test -n "$${KUBECONFIG:-}" || { echo "KUBECONFIG is not set (try: export KUBECONFIG=$(CURDIR)/$(CLUSTER_DIR)/kubeconfig)"; exit 1; }
