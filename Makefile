@@ -54,7 +54,7 @@ unit: $(STAMP) ## unit tests only (no cluster)
 # The unit tests run beside the e2e tests, at a lower CPU priority: the e2e tests wait on the control plane
 # much of the time, and their training pods keep their emulated speeds.  The unit tests' output follows.
 test: verify toolchain ## verify, then unit tests beside the e2e tests (the e2e suite starts its own real control plane)
-	@mkdir -p $(TEST_LOGS)
+	@mkdir -p $(TEST_LOGS) && rm -f $(TEST_LOGS)/unit.rc
 	@echo "unit tests: running beside the e2e tests (nice $(UNIT_NICE)); their output follows the e2e tests'"
 	@( nice -n $(UNIT_NICE) $(VPY) -m pytest tests -q -p no:cacheprovider >$(TEST_LOGS)/unit.log 2>&1; \
 	   echo $$? >$(TEST_LOGS)/unit.rc ) & \

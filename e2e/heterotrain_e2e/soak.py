@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from .cluster import controlplane, toolchain
+from .testing import wait_for
 
 REPO = toolchain.REPO
 TYPES = ("nvidia-h100", "nvidia-a100", "nvidia-h20", "huawei-ascend-910b", "amd-mi300x")
@@ -274,10 +275,10 @@ class SoakConfig:
 def _wait_established(kubectl: Sequence[str], crd: str, timeout: float) -> None:
     """Poll until the CRD is Established (a control plane under load may answer slowly, or not at all for
     a while); fail with what kubectl last said."""
-    deadline = time.monotonic() + timeout
-    said = ""
+    said = ["not yet"]
     query = 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
-    while time.monotonic() < deadline:
+
+    def established() -> bool:
         try:
             r = subprocess.run(
                 [*kubectl, "--request-timeout=30s", "get", "crd", crd, "-o", query],
@@ -287,13 +288,15 @@ def _wait_established(kubectl: Sequence[str], crd: str, timeout: float) -> None:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            said = "kubectl did not answer within 60s"
-            continue
-        if r.returncode == 0 and r.stdout.strip() == "True":
-            return
-        said = (r.stderr or r.stdout).strip()
-        time.sleep(1.0)
-    raise RuntimeError(f"CRD {crd} not Established within {timeout:.0f}s: {said or 'not yet'}")
+            said[0] = "kubectl did not answer within 60s"
+            return False
+        said[0] = (r.stderr or r.stdout).strip() or said[0]
+        return r.returncode == 0 and r.stdout.strip() == "True"
+
+    try:
+        wait_for(f"CRD {crd} Established", established, timeout=timeout, interval=1.0)
+    except AssertionError as e:
+        raise RuntimeError(f"{e}; kubectl said: {said[0]}") from None
 
 
 def run(

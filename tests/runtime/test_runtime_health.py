@@ -153,7 +153,8 @@ def test_a_rank_0_that_fell_silent_before_a_new_epoch_is_still_reported():
     already stopped never hears a name for the new epoch: the backup named last, and the one the
     membership alone gives, report it then (no one would otherwise, and the job would wait for ever)."""
 
-    def heartbeat(name: str, m: Membership, backup: tuple[int, str] | None) -> tuple[Heartbeat, list[int]]:
+    def reports(name: str, m: Membership, backup: tuple[int, str] | None) -> list[int]:
+        """The epochs ``name`` reports rank 0 silent in, after 13 s without an acknowledgement."""
         t = [100.0]
         reported: list[int] = []
 
@@ -164,28 +165,28 @@ def test_a_rank_0_that_fell_silent_before_a_new_epoch_is_still_reported():
         live = Liveness(name, name, "node", "nvidia-h100", 0, None, clock=lambda: t[0])
         hb = Heartbeat(
             live,
-            Source(),
+            Source(),  # type: ignore[arg-type]
             12.0,
             lambda mm, silent: reported.append(mm.epoch),
-            clock=lambda: t[0],  # type: ignore[arg-type]
+            clock=lambda: t[0],
         )
         hb._backup = backup
-        t[0] += 13.0  # no acknowledgement for 13 s
+        t[0] += 13.0
         hb._check_rank0(m, int(name[-1]))
-        return hb, reported
+        return reported
 
     new = Membership(epoch=5, world=WORLD.world, master_port=29500)
     # Named in this epoch: the named one alone.
-    assert heartbeat("w-2", WORLD, (4, "w-2"))[1] == [4]
-    assert heartbeat("w-1", WORLD, (4, "w-2"))[1] == []
+    assert reports("w-2", WORLD, (4, "w-2")) == [4]
+    assert reports("w-1", WORLD, (4, "w-2")) == []
     # Named in the epoch before only: the one named then, and the membership's own choice (w-1).
-    assert heartbeat("w-2", new, (4, "w-2"))[1] == [5]
-    assert heartbeat("w-1", new, (4, "w-2"))[1] == [5]
-    assert heartbeat("w-1", new, None)[1] == [5]
-    assert heartbeat("w-2", new, None)[1] == []
+    assert reports("w-2", new, (4, "w-2")) == [5]
+    assert reports("w-1", new, (4, "w-2")) == [5]
+    assert reports("w-1", new, None) == [5]
+    assert reports("w-2", new, None) == []
     # A backup named before that left the world does not report for it.
     gone = Membership(epoch=5, world=WORLD.world[:2], master_port=29500)
-    assert heartbeat("w-2", gone, (4, "w-2"))[1] == []
+    assert reports("w-2", gone, (4, "w-2")) == []
 
 
 def test_beats_round_trip_and_liveness_tracks_phases():
