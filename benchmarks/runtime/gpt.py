@@ -93,9 +93,9 @@ def distributed(work: Path, steps: int, warmup: int, emulate: bool = True, **kw:
 
 
 def _quota(worker: Any) -> float | None:
-    group = getattr(worker, "cgroup", None)
-    cpu = getattr(getattr(group, "limits", None), "cpu", None)
-    return None if cpu is None else float(cpu.cores)
+    """The worker's devices' CPU quota together, in cores (None without emulation)."""
+    groups = getattr(worker, "groups", None)
+    return None if groups is None else float(sum(groups.device_cores))
 
 
 def steady_figures(prog: list[dict[str, Any]], warmup: int) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """cgroup v1 CPU and memory limits for process trees, as a kubelet enforces ``limits.cpu``/``limits.memory``.
 
-Local mode (``heterotrain run --local``) gives each emulated device's process
-tree a CPU quota proportional to the device's speed, so slower devices really
-compute slower on one CPU; the e2e process runner enforces pods' limits the
-same way.  Stdlib only.
+Local mode (``heterotrain run --local``) gives each emulated device's training
+process a CPU quota proportional to the device's speed, so slower devices really
+compute slower on one CPU (:mod:`heterotrain_runtime.emulation` lays out its
+groups); the e2e process runner enforces pods' limits the same way.  Stdlib only.
 
 Layout, in each controller's hierarchy (``cpu`` and ``memory``)::
 
@@ -267,6 +267,13 @@ class Cgroup:
         """Move ``pid`` (the whole process) into this group in every controller."""
         for d in self.dirs.values():
             _write(d / "cgroup.procs", pid)
+
+    def add_thread(self, tid: int) -> None:
+        """Move one thread (``tid``) into this group's CPU controller only (its process stays put)."""
+        cpu = self.dirs.get("cpu")
+        if cpu is None:
+            raise CgroupError(f"{self}: moving a thread needs the cpu controller")
+        _write(cpu / "tasks", tid)
 
     def preexec(self) -> Callable[[], None]:
         """A ``preexec_fn``: the child moves itself into this group between fork and exec."""

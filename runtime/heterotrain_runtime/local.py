@@ -7,13 +7,15 @@ port every epoch, weights from the relative-throughput table of
 :data:`heterotrain_contract.KNOWN_ACCELERATORS`, 1.0 for
 other types).
 
-Emulated devices (unless ``--no-emulate``): each worker's process tree runs in
-a cgroup of its own whose CPU quota is its devices' speed (one device per
-training process) times a per-unit quota (:mod:`heterotrain_runtime.cgroups`: 0.15 of a core at speed 1.0 by
-default, ``--cpu-per-speed``, scaled down so that all workers together fit in
+Emulated devices (unless ``--no-emulate``): each training process (one per
+emulated device) computes in a cgroup of its own whose CPU quota is its
+device's speed times a per-unit quota (:mod:`heterotrain_runtime.cgroups`: 0.15 of a core at speed 1.0 by
+default, ``--cpu-per-speed``, scaled down so that all devices together fit in
 0.75 of the machine's cores), with one torch/OpenMP thread per process so that
 the quota means what it says: a slower device really computes slower, the way
-a kubelet enforces ``limits.cpu``.  The training code is not told its speed.
+a kubelet enforces ``limits.cpu``.  The host's work (the launcher, torch's
+communication threads) runs beside the devices' quotas, not in them
+(:mod:`heterotrain_runtime.emulation`).  The training code is not told its speed.
 Without usable cgroups (cgroup v1 cpu and memory controllers, root) local mode
 stops with an error saying what is missing; ``--no-emulate`` runs every worker
 at the machine's full speed instead.
@@ -48,7 +50,8 @@ from typing import IO, Any
 import heterotrain_contract as hc
 from heterotrain_contract import Member, Membership
 from heterotrain_runtime import cgroups, envvars
-from heterotrain_runtime.cgroups import Cgroup, Cgroups, CgroupUnavailable, Limits
+from heterotrain_runtime.cgroups import Cgroups, CgroupUnavailable
+from heterotrain_runtime.emulation import DeviceGroups
 from heterotrain_runtime.launcher import handshake_path
 
 NO_EMULATION_HINT = "or run with --no-emulate: every worker at the machine's full speed"
@@ -122,7 +125,7 @@ class Worker:
     log_file: IO[bytes] | None = None
     relay: threading.Thread | None = None
     processes: int = 1  # training processes (emulated devices) under its launcher
-    cgroup: Cgroup | None = None  # its emulated devices' CPU quota (speed x processes)
+    groups: DeviceGroups | None = None  # its host's group and a CPU quota per emulated device
 
     @property
     def handshake(self) -> str:
@@ -245,28 +248,27 @@ class LocalSupervisor:
             stdout = w.log_file
         else:
             stdout = subprocess.DEVNULL
-        w.cgroup = self._cgroup(w)
+        w.groups = self._groups(w)
         w.proc = subprocess.Popen(
             cmd,
             env=self._env(w),
             stdout=stdout,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=None if w.cgroup is None else w.cgroup.preexec(),
+            preexec_fn=None if w.groups is None else w.groups.host.preexec(),
         )
+        if w.groups is not None:
+            w.groups.launcher_pid = w.proc.pid
         w.state, w.returncode = "starting", None
         if self.output == "relay":
             w.relay = threading.Thread(target=self._relay, args=(w, w.proc), daemon=True)
             w.relay.start()
-        quota = (
-            ""
-            if w.cgroup is None or w.cgroup.limits.cpu is None
-            else f", {w.cgroup.limits.cpu.cores:.3g} cores"
-        )
+        per_device = "" if w.groups is None else f"{w.groups.device_cores[0]:.3g} cores"
+        quota = per_device and (f", {per_device}" if w.processes == 1 else f", {w.processes} x {per_device}")
         self._event(f"started {w.pod} (generation {w.generation}{quota})")
 
-    def _cgroup(self, w: Worker) -> Cgroup | None:
-        """A fresh cgroup for the worker's new process (None without emulation)."""
+    def _groups(self, w: Worker) -> DeviceGroups | None:
+        """Fresh cgroups for the worker's new process (None without emulation)."""
         if not self.emulate:
             return None
         if self.cgroups is None:
@@ -286,11 +288,11 @@ class LocalSupervisor:
                 f"({cores:g} cores here)"
             )
         assert self.cores_per_speed is not None
-        if w.cgroup is not None:
-            w.cgroup.remove()
+        if w.groups is not None:
+            w.groups.remove()
         # one device's quota per training process under the worker's launcher
-        cores = w.speed * w.processes * self.cores_per_speed
-        return self.cgroups.group(f"{w.pod}.{w.generation}", Limits.of(cores=cores))
+        cores = [w.speed * self.cores_per_speed] * w.processes
+        return DeviceGroups.make(self.cgroups, f"{w.pod}.{w.generation}", cores)
 
     def _relay(self, w: Worker, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -376,6 +378,7 @@ class LocalSupervisor:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             self._reap()
+            self._sweep()
             if all(w.state != "starting" or w.ready() for w in self.workers):
                 break
             time.sleep(0.05)
@@ -394,12 +397,18 @@ class LocalSupervisor:
                 w.state = "done" if w.returncode == 0 and was_member else "dead"
                 if w.log_file is not None:
                     w.log_file.close()
-                if w.cgroup is not None:
-                    w.cgroup.remove()  # what the launcher left running goes with it
-                    w.cgroup = None
+                if w.groups is not None:
+                    w.groups.remove()  # what the launcher left running goes with it
+                    w.groups = None
                 self._event(f"{w.pod} exited with {w.returncode}")
                 ended.append(w)
         return ended
+
+    def _sweep(self) -> None:
+        """Emulated devices: training processes into their devices' groups, communication threads out."""
+        for w in self.workers:
+            if w.groups is not None and w.state in ("starting", "member", "idle"):
+                w.groups.sweep()
 
     def poll_once(self) -> int | None:
         """One supervision round; returns the job's exit code once it is over.
@@ -411,6 +420,7 @@ class LocalSupervisor:
         published any more.
         """
         ended = self._reap()
+        self._sweep()
         if self._completed_at is None and any(w.state == "done" for w in ended):
             self._completed_at = time.monotonic()
             self._event("training complete")
@@ -527,7 +537,7 @@ class LocalSupervisor:
                     os.killpg(w.proc.pid, signal.SIGKILL)
             if w.log_file is not None and not w.log_file.closed:
                 w.log_file.close()
-            w.cgroup = None
+            w.groups = None
         if self.cgroups is not None:
             self.cgroups.close()  # kills anything left in the workers' groups, removes them
             self.cgroups = None

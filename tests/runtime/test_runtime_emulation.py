@@ -6,12 +6,14 @@ each rank's forward+backward), on this machine's cgroup v1 cpu controller.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 from rt_helpers import COMPUTE, PYTHON
 
 from heterotrain_runtime import envvars
+from heterotrain_runtime.cgroups import Cgroup
 from heterotrain_runtime.local import LocalSupervisor, PoolSpec
 
 WARMUP = 3  # steps: the first ones pay for lazy initialisation
@@ -44,11 +46,21 @@ def test_devices_at_speeds_1_and_3_compute_about_1_to_3(tmp_path: Path) -> None:
     try:
         sup.start()
         assert sup.cgroups is not None
-        groups = [d for w in sup.workers if w.cgroup is not None for d in w.cgroup.dirs.values()]
+        worker_groups = [w.groups for w in sup.workers if w.groups is not None]
+        groups = [d for g in worker_groups for c in (g.host, *g.devices) for d in c.dirs.values()]
         owner = list(sup.cgroups.owner.dirs.values())
-        assert len(groups) == 4 and all(d.is_dir() for d in groups)  # cpu and memory, per worker
-        quotas = sorted(w.cgroup.limits.cpu.cores for w in sup.workers if w.cgroup and w.cgroup.limits.cpu)
-        assert quotas == [0.15, 0.45]
+        # cpu and memory: a host and a device group per worker
+        assert len(groups) == 8 and all(d.is_dir() for d in groups)
+        assert sorted(c for g in worker_groups for c in g.device_cores) == [0.15, 0.45]
+        placed = {}
+
+        def trained_a_step_with_threads_placed() -> bool:
+            for g in worker_groups:
+                placed[g.host.name] = (threads(g.host), threads(g.devices[0]))
+            prog = sup.progress()
+            return bool(prog) and prog[-1]["step"] >= 4
+
+        assert sup.supervise_until(trained_a_step_with_threads_placed, 240) is None, sup.events
         rc = sup.supervise_until(lambda: False, 240)
     finally:
         sup.shutdown()
@@ -61,7 +73,20 @@ def test_devices_at_speeds_1_and_3_compute_about_1_to_3(tmp_path: Path) -> None:
     # it, 4.55 on a machine twice as slow: the slow device loses more (each throttled 10 ms period starts
     # with cold caches), so "about 3": clearly apart, neither equal nor an order of magnitude off.
     assert 2.2 <= ratio <= 6.0, rates
+    for name, (host, device) in placed.items():
+        # the training process computes in its device's group; torch's communication threads run on the host
+        assert "pt_gloo_runloop" in host and "pt_gloo_runloop" not in device, (name, host, device)
+        assert device.count("python") >= 1, (name, host, device)
     assert not any(d.exists() for d in [*groups, *owner])  # every group removed at shutdown
+
+
+def threads(group: Cgroup) -> list[str]:
+    """The names of the threads in ``group``'s CPU controller (not its children's)."""
+    out = []
+    for tid in (group.dirs["cpu"] / "tasks").read_text().split():
+        with contextlib.suppress(OSError):
+            out.append(Path(f"/proc/{tid}/comm").read_text().strip())
+    return out
 
 
 def test_no_emulate_runs_without_cgroups(tmp_path: Path) -> None:
@@ -79,5 +104,5 @@ def test_no_emulate_runs_without_cgroups(tmp_path: Path) -> None:
     finally:
         sup.shutdown()
     assert rc == 0, sup.events
-    assert sup.workers[0].cgroup is None and sup.cores_per_speed is None
+    assert sup.workers[0].groups is None and sup.cores_per_speed is None
     assert not any("emulated devices" in e for _t, e in sup.events)
