@@ -9,7 +9,9 @@ gradient sum over the whole world is done in three stages:
 3. broadcast from each leader back into its pool.
 
 With one pool it is a plain all-reduce on the native backend; with one rank per
-pool, stage 2 alone.  Gradients are flattened into buckets (one collective per
+pool, stage 2 alone.  When every pool's backend is gloo (CPU pools, or no native
+backend usable) the stages would only add hops: it is one all-reduce over the
+world group (:attr:`Topology.flat`).  Gradients are flattened into buckets (one collective per
 bucket, not per tensor).  The world group itself is gloo: it carries the small
 control vector of every step and the state broadcast of a re-formation.
 """
@@ -75,6 +77,7 @@ class Topology:
     world_group: Any
     pool_groups: list[Any]
     leaders_group: Any
+    flat: bool = False  # one all-reduce over the world group instead of the three stages
 
     @property
     def pool_ranks(self) -> list[int]:
@@ -98,7 +101,11 @@ class Topology:
 
 
 def build_topology(
-    rank: int, types: Sequence[str], backends: Sequence[str], timeout: timedelta | None = None
+    rank: int,
+    types: Sequence[str],
+    backends: Sequence[str],
+    timeout: timedelta | None = None,
+    flat: bool | None = None,
 ) -> Topology:
     """Create the pool and leader groups; every rank calls it with the same lists.
 
@@ -106,7 +113,9 @@ def build_topology(
     backend.  The default group must already be initialised (gloo).
     ``timeout`` bounds every collective on the new groups; give the heartbeat:
     torch's default for a new group is 30 minutes, and a leader waiting on a
-    peer that is alive but gone to re-form would wait that long.
+    peer that is alive but gone to re-form would wait that long.  ``flat``:
+    sum over the world group in one all-reduce (default: when every pool's
+    backend is gloo).
     """
     world = len(types)
     order: dict[str, list[int]] = {}
@@ -131,11 +140,21 @@ def build_topology(
         leaders_group = world_group
     else:
         leaders_group = dist.new_group(leaders, backend="gloo", timeout=timeout)
-    return Topology(rank, world, pools, pool_backends, my_pool, world_group, pool_groups, leaders_group)
+    if flat is None:
+        flat = all(b == "gloo" for b in pool_backends)
+    return Topology(
+        rank, world, pools, pool_backends, my_pool, world_group, pool_groups, leaders_group, flat
+    )
 
 
 def hierarchical_all_reduce(flat: torch.Tensor, topo: Topology) -> None:
     """Sum ``flat`` over the whole world in place (see the module docstring)."""
+    if topo.flat:
+        host = flat if flat.device.type == "cpu" else flat.to("cpu")
+        dist.all_reduce(host, group=topo.world_group)
+        if host is not flat:
+            flat.copy_(host)
+        return
     if len(topo.pools) == 1:
         dist.all_reduce(flat, group=topo.pool_group)
         return

@@ -1,4 +1,5 @@
-"""Hierarchical gradient sync (gloo at both levels on CPU) equals a flat all-reduce."""
+"""Hierarchical gradient sync (gloo at both levels on CPU, the three stages forced) equals a flat all-reduce;
+with gloo pools the default is one all-reduce over the world group."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def _compare(rank: int, world: int, port: int, types: list[str]) -> dict[str, ob
     import torch.distributed as dist
 
     init_gloo(rank, world, port)
-    topo = build_topology(rank, types, ["gloo"] * world)
+    assert build_topology(rank, types, ["gloo"] * world).flat  # gloo pools: no stages by default
+    topo = build_topology(rank, types, ["gloo"] * world, flat=False)  # the stages a native backend gets
     g = torch.Generator().manual_seed(100 + rank)
     x = torch.randn(1000, generator=g, dtype=torch.float64)
     flat = x.clone()
