@@ -142,9 +142,7 @@ def build_topology(
         leaders_group = dist.new_group(leaders, backend="gloo", timeout=timeout)
     if flat is None:
         flat = all(b == "gloo" for b in pool_backends)
-    return Topology(
-        rank, world, pools, pool_backends, my_pool, world_group, pool_groups, leaders_group, flat
-    )
+    return Topology(rank, world, pools, pool_backends, my_pool, world_group, pool_groups, leaders_group, flat)
 
 
 def hierarchical_all_reduce(flat: torch.Tensor, topo: Topology) -> None:
