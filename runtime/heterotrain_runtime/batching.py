@@ -74,9 +74,14 @@ def _mix64(x: int) -> int:
 
 
 class SampleOrder:
-    """A seeded permutation of ``range(n)``, different for every data-epoch."""
+    """A seeded permutation of ``range(n)``, different for every data-epoch.
+
+    With numpy, the permutation of the data-epoch in use is computed once, whole, and kept (up to
+    :attr:`CACHE_LIMIT` positions): a step then slices it instead of hashing its positions again.
+    """
 
     ROUNDS = 4
+    CACHE_LIMIT = 1 << 22  # positions (as uint64: 32 MB)
 
     def __init__(self, n: int, seed: int = 0) -> None:
         if n < 0:
@@ -86,6 +91,7 @@ class SampleOrder:
         bits = max(2, math.ceil(math.log2(max(n, 2))))
         self._half = (bits + 1) // 2
         self._mask = (1 << self._half) - 1
+        self._cached: tuple[int, Any] | None = None  # (data-epoch, its whole permutation as a numpy array)
 
     def _keys(self, epoch: int) -> list[int]:
         base = _mix64((self.seed * 0x100000001B3 + epoch) & _MASK64)
@@ -112,20 +118,36 @@ class SampleOrder:
         """Positions ``start..stop-1`` of data-epoch ``epoch`` (vectorised with numpy when present)."""
         keys = self._keys(epoch)
         if stop - start >= 64:
-            fast = _slice_numpy(self, keys, start, stop)
+            if start < 0 or stop > self.n:
+                raise IndexError((start, stop))
+            whole = self._permutation(epoch, keys)
+            if whole is not None:
+                return list(whole[start:stop].tolist())
+            fast = _permute_numpy(self, keys, start, stop)
             if fast is not None:
-                return fast
+                return list(fast.tolist())
         return [self.index(epoch, i, keys) for i in range(start, stop)]
 
+    def _permutation(self, epoch: int, keys: Sequence[int]) -> Any:
+        """Data-epoch ``epoch``'s whole permutation (numpy), kept for the next slices; None past the limit
+        or without numpy."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        if self.n > self.CACHE_LIMIT:
+            return None
+        whole = _permute_numpy(self, keys, 0, self.n)
+        if whole is not None:
+            self._cached = (epoch, whole)
+        return whole
 
-def _slice_numpy(order: SampleOrder, keys: Sequence[int], start: int, stop: int) -> list[int] | None:
-    """The same permutation as :meth:`SampleOrder.index`, computed on uint64 arrays (wrapping arithmetic)."""
+
+def _permute_numpy(order: SampleOrder, keys: Sequence[int], start: int, stop: int) -> Any:
+    """Positions ``start..stop-1`` of the same permutation as :meth:`SampleOrder.index`, computed on uint64
+    arrays (wrapping arithmetic); None without numpy."""
     try:
         import numpy as np
     except ImportError:  # the SDK only needs torch; numpy is an optional speed-up
         return None
-    if start < 0 or stop > order.n:
-        raise IndexError((start, stop))
     u = np.uint64
     c1, c2, c3 = u(0x9E3779B97F4A7C15), u(0xBF58476D1CE4E5B9), u(0x94D049BB133111EB)
     h, m = u(order._half), u(order._mask)
@@ -150,7 +172,7 @@ def _slice_numpy(order: SampleOrder, keys: Sequence[int], start: int, stop: int)
         while todo.any():
             x[todo] = feistel(x[todo])
             todo = x >= n
-    return [int(v) for v in x.tolist()]
+    return x
 
 
 @dataclass

@@ -69,6 +69,20 @@ def test_sample_order_is_a_permutation(n: int) -> None:
     assert order.slice(0, 3, min(n, 9)) == [order.index(0, i) for i in range(3, min(n, 9))]
 
 
+def test_the_kept_permutation_the_computed_slice_and_the_index_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 1000
+    kept = SampleOrder(n, seed=3)
+    for epoch in (0, 1, 0):  # the kept permutation follows the data-epoch asked for
+        got = kept.slice(epoch, 100, 400)
+        assert got == [kept.index(epoch, i) for i in range(100, 400)]
+        assert kept._cached is not None and kept._cached[0] == epoch
+    monkeypatch.setattr(SampleOrder, "CACHE_LIMIT", n - 1)  # too large to keep: computed per slice
+    computed = SampleOrder(n, seed=3)
+    assert computed.slice(1, 100, 400) == kept.slice(1, 100, 400) and computed._cached is None
+    with pytest.raises(IndexError):
+        kept.slice(0, 900, 1001)
+
+
 def test_cursor_walks_epochs_exactly_once() -> None:
     n, b = 50, 16
     order = SampleOrder(n, seed=1)
