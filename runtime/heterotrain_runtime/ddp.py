@@ -19,7 +19,8 @@ pools take more of the batch) the update is biased.  Two lines fix it, after
 2. :func:`exact_mean_hook` makes DDP's all-reduce the exact mean over the global batch: each rank's
    gradient (of its local mean loss) is weighted by ``local / global`` samples and the weighted
    gradients are summed; across pools the sum is hierarchical (the pool's native backend inside a
-   pool, gloo between the pool leaders; :mod:`heterotrain_runtime.collectives`).
+   pool, gloo between the pool leaders; one all-reduce over the world when every pool's backend is
+   gloo; :mod:`heterotrain_runtime.collectives`).
 
 Every rank then holds the same gradient, so the usual tools need nothing more:
 ``clip_grad_norm_`` clips every rank by the same global norm, ``torch.amp.GradScaler`` takes the

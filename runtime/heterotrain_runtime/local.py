@@ -291,8 +291,8 @@ class LocalSupervisor:
         if w.groups is not None:
             w.groups.remove()
         # one device's quota per training process under the worker's launcher
-        cores = [w.speed * self.cores_per_speed] * w.processes
-        return DeviceGroups.make(self.cgroups, f"{w.pod}.{w.generation}", cores)
+        device_cores = [w.speed * self.cores_per_speed] * w.processes
+        return DeviceGroups.make(self.cgroups, f"{w.pod}.{w.generation}", device_cores)
 
     def _relay(self, w: Worker, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
