@@ -10,7 +10,7 @@
 * :class:`DataCursor` is the global position in that order; it is saved in
   every checkpoint and moves by the size of the global batch at every
   committed step, whatever the world and the split.
-* :class:`ThroughputTracker` keeps an EMA of samples/s per worker and decides
+* :class:`ThroughputTracker` keeps an average of samples/s per process and decides
   when a new split is worth it.
 """
 
@@ -220,20 +220,34 @@ def predicted_step_time(sizes: Sequence[int], throughputs: Sequence[float]) -> f
 
 @dataclass
 class ThroughputTracker:
-    """EMA of samples/s per worker (keyed by pod name), and the rebalance rule."""
+    """Samples/s per process (keyed by name), and the rebalance rule.
 
-    alpha: float = 0.3
+    A process's estimate is the mean of its own first observations, then an exponential average that
+    gives each new one the weight ``alpha``: one step's rate on a shared host varies by several percent,
+    and a split that chased the last step's noise would be off by as much (the step waits for the rank
+    the noise made slowest); the average still follows a real change of speed within about 1/alpha steps.
+    An estimate this process did not measure itself (rank 0's, a checkpoint's) is trusted as one of many
+    observations.  A new split is proposed when it saves ``min_gain`` of the predicted step time.
+    """
+
+    alpha: float = 0.1
     min_interval: float = 30.0
-    min_gain: float = 0.03  # rebalance only when the predicted step time drops by 3%
+    min_gain: float = 0.01  # rebalance only when the predicted step time drops by 1%
     ema: dict[str, float] = field(default_factory=dict)
-    last_rebalance: float = -math.inf
+    seen: dict[str, int] = field(default_factory=dict)  # observations made here, per process
 
     def observe(self, pod: str, samples: int, seconds: float) -> None:
         if samples <= 0 or seconds <= 0:
             return
         rate = samples / seconds
         old = self.ema.get(pod)
-        self.ema[pod] = rate if old is None else (1 - self.alpha) * old + self.alpha * rate
+        n = self.seen.get(pod, 0)
+        self.seen[pod] = n + 1
+        if old is None:
+            self.ema[pod] = rate
+            return
+        weight = max(self.alpha, 1.0 / (n + 1)) if n > 0 else self.alpha
+        self.ema[pod] = (1 - weight) * old + weight * rate
 
     def estimates(self, pods: Sequence[str], prior_weights: Sequence[float]) -> list[float]:
         """Samples/s of every pod; unmeasured pods get ``prior weight x`` the measured rate per weight."""

@@ -53,6 +53,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,6 +273,7 @@ class Launcher:
         if workdir:
             os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir or tempfile.mkdtemp(prefix=f"heterotrain-{self.pod}-")
+        self._own_workdir = not workdir  # made here: removed when the launcher ends
         # Start the user processes before this pod is a member (SDK scripts only: the SDK waits for
         # the membership itself, and its handshake files tell a supervisor that it is ready to join).
         # How many: ``nproc`` then; otherwise the member's slots in the first membership it is in.
@@ -432,6 +434,8 @@ class Launcher:
             self.beacon.close()
             self.condition.close()
             self._wake.close()
+            if self._own_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _run(self) -> int:
         if self.start_before_member:

@@ -19,8 +19,8 @@ contribution scaled by ``local_batch / global_batch`` (so the update equals the
 mean over the whole global batch whatever the split), steps the optimizer and
 moves the cursor.  Around that it:
 
-* refines the split from measured throughput (EMA of samples/s per rank,
-  rebalanced at most every ``rebalance_min_interval`` seconds);
+* refines the split from measured throughput (each rank's samples per second of compute, averaged;
+  rebalanced at most every ``rebalance_min_interval`` seconds: :mod:`.trainer.balance`);
 * notices a new membership epoch (the launcher keeps the membership file up to
   date) and, at the step boundary, re-forms the process groups for the new
   world (new members get the state from a peer or the latest checkpoint);
@@ -63,6 +63,7 @@ from heterotrain_runtime.metrics import RuntimeMetrics
 from heterotrain_runtime.precision import parse_precision
 from heterotrain_runtime.samplelog import SampleLog
 from heterotrain_runtime.trainer.accumulate import OutOfMemory, forward_backward, wait_for_device
+from heterotrain_runtime.trainer.balance import Balancer
 from heterotrain_runtime.trainer.control import ControlVector, RankReport
 from heterotrain_runtime.trainer.evaluation import Evaluation, collate_samples, eval_share, local_eval_sums
 from heterotrain_runtime.trainer.failures import CommFailure, comm, drop_frames
@@ -158,6 +159,7 @@ class ElasticTrainer:
         s = self.settings
         self.order = SampleOrder(self.dataset_len, s.seed)
         self.tracker = ThroughputTracker(min_interval=s.rebalance_min_interval)
+        self.balance = Balancer(self.tracker)
         self.metrics = RuntimeMetrics(ENV_METRICS_PORT)
         self.reporter = Reporter(s, self.metrics, status_reporter(s.env))
         self.ckpt: CheckpointManager | None = None
@@ -203,8 +205,6 @@ class ElasticTrainer:
         self._stop_signal: int | None = None
         self._last_commit: float | None = None
         self._last_ckpt_time = time.monotonic()
-        self._last_rebalance = time.monotonic()
-        self._observations: dict[str, int] = {}
         self.gsync = GradientSync(list(self.model.parameters()))
         self.sample_log = SampleLog(s.sample_log_dir, s.name) if s.sample_log_dir else None
         # liveness and progress, told to rank 0 and by rank 0 to the job's status (trainer/health.py)
@@ -420,7 +420,7 @@ class ElasticTrainer:
         self.state.restore_world(world.infos, world.rank, self._names())
         self.reporter.formed(self.state.current_record(), world.rank)
         self._enter(world)
-        self._last_rebalance = time.monotonic()
+        self.balance.restart()
         self.metrics.membership_epoch.set(world.membership.epoch)
         self.metrics.local_batch_size.set(self.local_batch_size)
         if world.rank == 0 and world.topo is not None:
@@ -503,13 +503,6 @@ class ElasticTrainer:
             self.ckpt.wait(raise_errors=False)
         raise SystemExit(EXIT_OUT_OF_MEMORY)
 
-    def _measure(self, n_local: int, seconds: float) -> None:
-        self.metrics.compute_seconds.observe(seconds)
-        seen = self._observations.get(self.name, 0)
-        if seen > 0:  # the first step of a process is warm-up: not measured
-            self.tracker.observe(self.name, n_local, seconds)
-        self._observations[self.name] = seen + 1
-
     def _report_to_world(self, loss: float, n_local: int, count: int) -> ControlVector:
         """This rank's control vector (see :mod:`heterotrain_runtime.trainer.control`)."""
         assert self.membership is not None
@@ -522,7 +515,7 @@ class ElasticTrainer:
             checkpoint_due=first
             and s.checkpoint_interval_seconds > 0
             and now - self._last_ckpt_time >= s.checkpoint_interval_seconds,
-            rebalance_due=first and now - self._last_rebalance >= self.tracker.min_interval,
+            rebalance_due=first and self.balance.due(),
             loss=loss * n_local / count,
             rate=self.tracker.ema.get(self.name, 0.0),
             step=self.step,
@@ -557,7 +550,9 @@ class ElasticTrainer:
                 fid, ftime, self.step + 1, data_epoch, self.rank, self.world_size, indices
             )
         loss = self._compute(fn, indices)
-        self._measure(n_local, time.perf_counter() - t_start)
+        compute_s = time.perf_counter() - t_start
+        self.metrics.compute_seconds.observe(compute_s)
+        self.balance.measured(self.name, n_local, compute_s)
         total = self._sync(self._report_to_world(loss, n_local, count), scale=n_local / count)
         update = self.opt.apply(total.overflow)  # clip, the user's hook, optimizer, scheduler, loss scale
         # ---- committed
@@ -655,10 +650,7 @@ class ElasticTrainer:
         self._form(min_epoch=self.membership.epoch)
 
     def _maybe_rebalance(self, rates: list[float]) -> None:
-        self._last_rebalance = time.monotonic()
-        if any(r <= 0 for r in rates):
-            return  # not every rank measured yet
-        new = self.tracker.proposal(self.global_batch_size, self.split, rates)
+        new = self.balance.proposal(self.global_batch_size, self.split, rates)
         if new is not None:
             if self.rank == 0:
                 speeds = [round(r, 1) for r in rates]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,10 +139,40 @@ def test_tracker_ema_and_proposal() -> None:
     assert t2.ema == t.ema
 
 
-@pytest.mark.parametrize("n", [64, 2400, 2**20 + 1, 10_000_000])
-def test_vectorised_order_equals_scalar(n: int) -> None:
-    order = SampleOrder(n, seed=11)
-    for epoch in (0, 3):
-        start = n // 3
-        stop = min(n, start + 500)
-        assert order.slice(epoch, start, stop) == [order.index(epoch, i) for i in range(start, stop)]
+def test_tracker_averages_its_first_observations_then_weights_new_ones_by_alpha() -> None:
+    t = ThroughputTracker(alpha=0.25)
+    for rate in (100.0, 200.0, 300.0):
+        t.observe("a", int(rate), 1.0)
+    assert t.ema["a"] == pytest.approx(200.0)  # the mean of three: no observation counts more
+    t.observe("a", 600, 1.0)  # the fourth: 1/4 = alpha
+    assert t.ema["a"] == pytest.approx(300.0)
+    t.observe("a", 700, 1.0)  # from now on alpha, not 1/5
+    assert t.ema["a"] == pytest.approx(0.75 * 300.0 + 0.25 * 700.0)
+    # an estimate this process did not measure (rank 0's, a checkpoint's) is one of many observations
+    t.ema["b"] = 100.0
+    t.observe("b", 500, 1.0)
+    assert t.ema["b"] == pytest.approx(0.75 * 100.0 + 0.25 * 500.0)
+    t.observe("c", 0, 1.0)
+    t.observe("c", 10, 0.0)
+    assert "c" not in t.ema  # nothing measured
+
+
+def test_the_split_follows_noisy_rates_by_their_average() -> None:
+    """Per-step rates with 5 % noise around 1:2:3: the split proposed from the averaged rates costs about
+    1 % of the ideal step time on average (the last step's rates would cost as much as their noise)."""
+    rng = np.random.default_rng(7)
+    rates = np.array([300.0, 600.0, 900.0])
+    ideal = 1800 / rates.sum()
+    t = ThroughputTracker()
+    split = split_batch(1800, [1.0, 1.0, 1.0])
+    cost = []
+    for step in range(200):
+        for i, r in enumerate(rates * (1 + 0.05 * rng.standard_normal(3))):
+            t.observe(str(i), split[i], split[i] / r)
+        split = t.proposal(1800, split, [t.ema[str(i)] for i in range(3)]) or split
+        if step >= 20:
+            cost.append(predicted_step_time(split, list(rates)) / ideal)
+    # measured over seeds 0-9: 1.0085-1.0125 on average, at worst 1.02-1.03 (with the previous rule,
+    # alpha 0.3 and a 3 % gain: 1.015-1.019, at worst 1.04-1.07)
+    assert float(np.mean(cost)) <= 1.013, np.mean(cost)
+    assert max(cost) <= 1.035, max(cost)

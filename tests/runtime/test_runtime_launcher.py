@@ -686,3 +686,17 @@ def test_the_wakeup_a_signal_handler_gives_takes_no_lock() -> None:
         signal.signal(signal.SIGUSR1, previous)
     w.close()
     w.set()  # after the end: nothing (the descriptor may be another file's by then)
+
+
+def test_a_workdir_the_launcher_made_is_removed_when_it_ends(tmp_path: Path) -> None:
+    """Without ``--workdir`` the launcher makes its own (handshakes, the mirrored membership) and removes
+    it when it ends: a pod that is a process on a shared host (the e2e process runner) leaves no litter.
+    A directory it was given is the caller's, and stays."""
+    env = {**os.environ, hc.ENV_POD_NAME: "w1", hc.ENV_MEMBERSHIP_SOURCE: f"file:{tmp_path / 'm.json'}"}
+    own = Launcher(["true"], env=env, start_before_member=True, nproc=1)
+    assert os.path.isdir(own.workdir)
+    assert own.run() == 0
+    assert not os.path.exists(own.workdir)
+    given = Launcher(["true"], env=env, workdir=str(tmp_path / "wd"), start_before_member=True, nproc=1)
+    assert given.run() == 0
+    assert (tmp_path / "wd").is_dir()

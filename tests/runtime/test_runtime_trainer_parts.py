@@ -1,4 +1,4 @@
-"""The trainer's parts that need no world: its settings and its control vector."""
+"""The trainer's parts that need no world: its settings, its control vector, its balancer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import torch
 
 import heterotrain_contract as hc
 from heterotrain_runtime import envvars
+from heterotrain_runtime.batching import ThroughputTracker
+from heterotrain_runtime.trainer.balance import Balancer
 from heterotrain_runtime.trainer.control import STEP_CHECK_MOD, ControlVector, RankReport
 from heterotrain_runtime.trainer.settings import TrainerSettings
 
@@ -159,3 +161,22 @@ def test_a_step_committed_by_a_peer_only_is_recorded_once_by_rank_0(tmp_path) ->
     assert path.read_text().endswith('"wor\n')
     lines = path.read_text().splitlines()
     assert lines[-1] == '{"step": 52, "wor' and json.loads(lines[-2])["step"] == 51
+
+
+def test_the_balancer_skips_each_process_first_step_and_keeps_rank_0s_clock() -> None:
+    now = [100.0]
+    b = Balancer(ThroughputTracker(min_interval=5.0), clock=lambda: now[0])
+    b.measured("a", 100, 10.0)  # warm-up
+    assert b.tracker.ema == {}
+    b.measured("a", 100, 1.0)
+    b.measured("b", 50, 1.0)  # b's warm-up: a's does not count for it
+    assert b.tracker.ema == {"a": 100.0}
+    assert not b.due()
+    now[0] = 105.0
+    assert b.due()
+    assert b.proposal(300, [150, 150], [100.0, 0.0]) is None  # b has not measured yet
+    assert not b.due()  # the clock restarted all the same
+    now[0] = 110.0
+    assert b.proposal(300, [150, 150], [100.0, 200.0]) == [100, 200]
+    b.restart()
+    assert not b.due()

@@ -5,5 +5,6 @@
 * :mod:`.state` — the training state: checkpoint save/restore, broadcast to new members
 * :mod:`.accumulate` — forward and backward in micro-batches of at most the cap; out of memory
 * :mod:`.control` — the per-step control vector, named fields packed into one tensor
+* :mod:`.balance` — what a rank measures of its speed, and when the split is reconsidered
 * :mod:`.reporting` — metrics, the progress file, the job status, the log line
 """

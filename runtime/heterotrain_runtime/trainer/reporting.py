@@ -34,7 +34,7 @@ class StepResult:
     grad_norm: float | None = None  # the global gradient norm before clipping (when clipping)
     applied: bool = True  # False: the (fp16) gradients overflowed and the optimizer skipped the step
     val_loss: float | None = None  # the trainer's evaluation, when one was due after this step
-    rates: tuple[float, ...] = ()  # every rank's measured compute samples/s (EMA; 0 until measured)
+    rates: tuple[float, ...] = ()  # every rank's measured compute samples/s (averaged; 0 until measured)
 
 
 class Reporter:
