@@ -36,11 +36,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from heterotrain_runtime import envvars
 from heterotrain_runtime.cgroups import Cgroup, CgroupError, Cgroups, Limits
 
 HOST_CORES = 1.0  # what a worker's host may use beside its devices
 HOST_THREADS = frozenset({"pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv"})
-LOCAL_RANK = b"LOCAL_RANK="
+LOCAL_RANK = envvars.ENV_LOCAL_RANK.encode() + b"="
 DEVICE_GROUP = "device-{}"
 
 

@@ -10,7 +10,18 @@ from __future__ import annotations
 from typing import Final
 
 # --- set by the launcher on the user process -----------------------------------------------------
-# (next to the torchrun-style RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT)
+# torchrun's names (https://pytorch.org/docs/stable/elastic/run.html#environment-variables), then ours
+ENV_RANK: Final = "RANK"
+ENV_WORLD_SIZE: Final = "WORLD_SIZE"
+ENV_LOCAL_RANK: Final = "LOCAL_RANK"
+ENV_LOCAL_WORLD_SIZE: Final = "LOCAL_WORLD_SIZE"
+ENV_GROUP_RANK: Final = "GROUP_RANK"
+ENV_GROUP_WORLD_SIZE: Final = "GROUP_WORLD_SIZE"
+ENV_ROLE_RANK: Final = "ROLE_RANK"
+ENV_ROLE_WORLD_SIZE: Final = "ROLE_WORLD_SIZE"
+ENV_MASTER_ADDR: Final = "MASTER_ADDR"
+ENV_MASTER_PORT: Final = "MASTER_PORT"
+ENV_TORCHELASTIC_RESTART_COUNT: Final = "TORCHELASTIC_RESTART_COUNT"
 ENV_EPOCH: Final = "HETEROTRAIN_EPOCH"  # membership epoch the process was started in
 ENV_WEIGHT: Final = "HETEROTRAIN_WEIGHT"  # this rank's weight in that epoch
 ENV_LOCAL_BATCH_SIZE: Final = "HETEROTRAIN_LOCAL_BATCH_SIZE"  # this rank's share of the global batch

@@ -154,16 +154,16 @@ def child_env(
     env = dict(base)
     env.update(
         {
-            "RANK": str(me.rank),
-            "WORLD_SIZE": str(membership.world_size),
-            "LOCAL_RANK": str(me.local_rank),
-            "LOCAL_WORLD_SIZE": str(me.local_world_size),
-            "GROUP_RANK": str(me.group_rank),
-            "GROUP_WORLD_SIZE": str(membership.pod_count),
-            "ROLE_RANK": str(me.rank),
-            "ROLE_WORLD_SIZE": str(membership.world_size),
-            "MASTER_ADDR": membership.master_addr,
-            "MASTER_PORT": str(membership.master_port),
+            envvars.ENV_RANK: str(me.rank),
+            envvars.ENV_WORLD_SIZE: str(membership.world_size),
+            envvars.ENV_LOCAL_RANK: str(me.local_rank),
+            envvars.ENV_LOCAL_WORLD_SIZE: str(me.local_world_size),
+            envvars.ENV_GROUP_RANK: str(me.group_rank),
+            envvars.ENV_GROUP_WORLD_SIZE: str(membership.pod_count),
+            envvars.ENV_ROLE_RANK: str(me.rank),
+            envvars.ENV_ROLE_WORLD_SIZE: str(membership.world_size),
+            envvars.ENV_MASTER_ADDR: membership.master_addr,
+            envvars.ENV_MASTER_PORT: str(membership.master_port),
             envvars.ENV_EPOCH: str(membership.epoch),
             envvars.ENV_WEIGHT: repr(me.weight),
             envvars.ENV_RESTART_COUNT: str(restarts),
@@ -194,8 +194,8 @@ def early_env(
     env = dict(base)
     env.update(
         {
-            "LOCAL_RANK": str(local_rank),
-            "LOCAL_WORLD_SIZE": str(nproc),
+            envvars.ENV_LOCAL_RANK: str(local_rank),
+            envvars.ENV_LOCAL_WORLD_SIZE: str(nproc),
             envvars.ENV_RESTART_COUNT: str(restarts),
             hc.ENV_MEMBERSHIP_SOURCE: hc.MEMBERSHIP_SOURCE_FILE_PREFIX + membership_file,
             envvars.ENV_SDK_HANDSHAKE_FILE: handshake_file,

@@ -62,7 +62,7 @@ def become(argv: list[str], env: dict[str, str]) -> None:
     """Run ``argv`` (a python command) in this interpreter, with ``env``."""
     os.environ.clear()
     os.environ.update(env)
-    set_name(warm_name(env.get("LOCAL_RANK", "0")))
+    set_name(warm_name(env.get(envvars.ENV_LOCAL_RANK, "0")))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the command's stdin, as the launcher gives its processes: not the request pipe
     os.close(devnull)

@@ -188,24 +188,24 @@ def _identity(e: Mapping[str, str]) -> dict[str, Any]:
     mode: Mode = "single"
     if e.get(hc.ENV_MEMBERSHIP_SOURCE):
         mode = "elastic"
-    elif int(e.get("WORLD_SIZE", "1")) > 1:
+    elif int(e.get(envvars.ENV_WORLD_SIZE, "1")) > 1:
         mode = "static"  # torchrun & co: the world never changes in-process
     return {
-        "pod": e.get(hc.ENV_POD_NAME) or f"rank{e.get('RANK', '0')}",
+        "pod": e.get(hc.ENV_POD_NAME) or f"rank{e.get(envvars.ENV_RANK, '0')}",
         "node": e.get(hc.ENV_NODE_NAME) or "",
         "accelerator": accelerator,
         "backend": e.get(hc.ENV_BACKEND) or hc.default_backend(accelerator),
-        "local_rank": int(e.get("LOCAL_RANK", "0") or 0),
-        "local_world_size": int(e.get("LOCAL_WORLD_SIZE", "1") or 1),
+        "local_rank": int(e.get(envvars.ENV_LOCAL_RANK, "0") or 0),
+        "local_world_size": int(e.get(envvars.ENV_LOCAL_WORLD_SIZE, "1") or 1),
         "weight": float(e.get(envvars.ENV_WEIGHT, "1") or 1.0),
         "batch_split": tuple(int(x) for x in (e.get(envvars.ENV_BATCH_SPLIT) or "").split(",") if x.strip()),
         "mode": mode,
         "membership_poll": float(e.get(envvars.ENV_MEMBERSHIP_POLL_SECONDS, "0.1")),
-        "static_rank": int(e.get("RANK", "0") or 0),
-        "static_world_size": int(e.get("WORLD_SIZE", "1") or 1),
-        "master_addr": e.get("MASTER_ADDR", "127.0.0.1"),
-        "master_port": int(e.get("MASTER_PORT", "0") or 0),
-        "restart_count": int(e.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
+        "static_rank": int(e.get(envvars.ENV_RANK, "0") or 0),
+        "static_world_size": int(e.get(envvars.ENV_WORLD_SIZE, "1") or 1),
+        "master_addr": e.get(envvars.ENV_MASTER_ADDR, "127.0.0.1"),
+        "master_port": int(e.get(envvars.ENV_MASTER_PORT, "0") or 0),
+        "restart_count": int(e.get(envvars.ENV_TORCHELASTIC_RESTART_COUNT, "0") or 0),
         "handshake_file": e.get(envvars.ENV_SDK_HANDSHAKE_FILE) or None,
         "process_restarts": int(e.get(envvars.ENV_RESTART_COUNT, "0") or 0),
         "last_exit_code": int(e[envvars.ENV_LAST_EXIT_CODE]) if e.get(envvars.ENV_LAST_EXIT_CODE) else None,
