@@ -33,7 +33,7 @@ from . import observe as o
 from . import placement as pl
 from . import reconcile as r
 from .cache import ClusterCache
-from .kube import Kube
+from .kube import Kube, namespace_terminating
 from .lifecycle import classify_pods
 from .settings import Settings
 
@@ -193,11 +193,13 @@ class Controller:
                 )
                 by_phase[phase] += 1
                 metrics.RECONCILES.labels(result="ok").inc()
-            except Exception:
+            except Exception as e:
                 metrics.RECONCILES.labels(result="error").inc()
-                log.exception(
-                    "reconcile of %s/%s failed", obj["metadata"]["namespace"], obj["metadata"]["name"]
-                )
+                ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+                if namespace_terminating(e):
+                    log.info("reconcile of %s/%s stopped: its namespace is being deleted", ns, name)
+                else:
+                    log.exception("reconcile of %s/%s failed", ns, name)
         for phase in PHASES:
             metrics.JOBS.labels(phase=phase).set(by_phase.get(phase, 0))
         metrics.PASS_SECONDS.observe(time.perf_counter() - t0)

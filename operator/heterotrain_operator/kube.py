@@ -39,6 +39,12 @@ JOBS_PATH = f"/apis/{c.GROUP}/{c.VERSION}/{c.PLURAL}"
 LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 
 
+def namespace_terminating(e: BaseException) -> bool:
+    """The API server refused to create something in a namespace that is being deleted (a race with the
+    deletion of the namespace: its jobs are going too, nothing to repair)."""
+    return isinstance(e, ApiException) and e.status == 403 and "NamespaceTerminating" in str(e.body or "")
+
+
 def event_name(meta: Mapping[str, Any], type_: str, reason: str) -> str:
     """One Event object per (job, type, reason): repeats bump its count instead of adding objects."""
     digest = hashlib.sha256(f"{meta['uid']}/{type_}/{reason}".encode()).hexdigest()[:16]

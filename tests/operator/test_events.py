@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from heterotrain_operator.kube import event_name, new_event, repeated_event
+from kubernetes.client.exceptions import ApiException
+
+from heterotrain_operator.kube import event_name, namespace_terminating, new_event, repeated_event
 
 META = {"name": "llm", "namespace": "team-a", "uid": "uid-1", "resourceVersion": "7"}
 
@@ -35,3 +37,18 @@ def test_first_occurrence_and_repeats():
     assert "firstTimestamp" not in patch
     assert repeated_event({**ev, "count": 41}, "x" * 5000, "t")["count"] == 42
     assert len(repeated_event(ev, "x" * 5000, "t")["message"]) == 1024
+
+
+def test_a_refusal_in_a_namespace_being_deleted_is_told_apart() -> None:
+    """Creating a worker in a namespace being deleted is refused (403, NamespaceTerminating): a race with
+    the namespace's deletion, logged as such rather than as a failed reconcile with a traceback."""
+    body = (
+        '{"kind":"Status","status":"Failure","reason":"Forbidden","details":{"causes":[{"reason":'
+        '"NamespaceTerminating","message":"namespace ex is being terminated"}]},"code":403}'
+    )
+    assert namespace_terminating(ApiException(status=403, reason="Forbidden", body=body))
+    assert not namespace_terminating(
+        ApiException(status=403, reason="Forbidden", body='{"reason":"Forbidden"}')
+    )
+    assert not namespace_terminating(ApiException(status=409, reason="Conflict", body=body))
+    assert not namespace_terminating(RuntimeError("NamespaceTerminating"))
