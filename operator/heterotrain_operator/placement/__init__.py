@@ -3,7 +3,8 @@
 Imports only the standard library.  Entry point: :func:`plan`.
 """
 
-from .planner import node_keeps, node_usable_for, plan, tolerates_all
+from .eligibility import node_keeps, node_usable_for, tolerates_all
+from .planner import plan
 from .types import (
     EFFECT_NO_EXECUTE,
     EFFECT_NO_SCHEDULE,

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .planner import _Job, _Opt, _Planner
+from .keeping import keep
+from .output import result
+from .packing import drop_kept, fill
+from .state import JobState, OptionState, State
 from .types import (
     REASON_INSUFFICIENT_CAPACITY,
     REASON_INVALID_SPEC,
@@ -32,20 +35,20 @@ from .types import (
 __all__ = ["plan_binpack", "plan_single_type", "plan_typeblind_spread"]
 
 
-class _Baseline(_Planner):
+class _Baseline(State):
     def __init__(self, snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], *, spread: bool) -> None:
         super().__init__(snapshot, jobs)
         for j in self.jobs:
             j.spread = spread
             j.opts.sort(key=lambda o: o.rank)  # the user's listed order, not fastest first
 
-    def _admit_one(self, j: _Job, need: int) -> bool:
-        mark = self._begin()
-        if self._fill(j, need) < need:
-            self._rollback(mark)
-            self._commit(mark)
+    def _admit_one(self, j: JobState, need: int) -> bool:
+        mark = self.begin()
+        if fill(self, j, need) < need:
+            self.rollback(mark)
+            self.commit(mark)
             return False
-        self._commit(mark)
+        self.commit(mark)
         return True
 
     def admit(self) -> None:
@@ -59,7 +62,7 @@ class _Baseline(_Planner):
             if need <= 0 or self._admit_one(j, need):
                 j.admitted = True
                 continue
-            self._drop_kept(j)
+            drop_kept(self, j)
             j.reason = (
                 REASON_INSUFFICIENT_CAPACITY
                 if any(o.pools[0] or o.pools[1] for o in j.opts)
@@ -70,7 +73,7 @@ class _Baseline(_Planner):
         added = 0
         for j in self.jobs:
             if j.admitted and j.total < j.max:
-                added += self._fill(j, j.max - j.total)
+                added += fill(self, j, j.max - j.total)
         return added
 
 
@@ -79,27 +82,27 @@ class _SingleType(_Baseline):
         super().__init__(snapshot, jobs, spread=False)
         for j in self.jobs:
             j.opts.sort(key=lambda o: (-o.r, o.rank))  # the fastest type that fits
-        self.chosen: dict[int, _Opt] = {}
+        self.chosen: dict[int, OptionState] = {}
 
-    def _admit_one(self, j: _Job, need: int) -> bool:
+    def _admit_one(self, j: JobState, need: int) -> bool:
         kept_types = {o.type for o in j.opts if o.count}
         for o in j.opts:
             if kept_types - {o.type}:
                 continue
-            mark = self._begin()
+            mark = self.begin()
             placed = 0
             while placed < need and o.count < o.cap:
-                n = self._find(j, o)
+                n = self.find(j, o)
                 if n is None:
                     break
-                self._take(n, j, o, kept=False)
+                self.take(n, j, o, kept=False)
                 placed += 1
             if placed >= need:
-                self._commit(mark)
+                self.commit(mark)
                 self.chosen[j.idx] = o
                 return True
-            self._rollback(mark)
-            self._commit(mark)
+            self.rollback(mark)
+            self.commit(mark)
         return False
 
     def grow(self) -> int:
@@ -111,19 +114,19 @@ class _SingleType(_Baseline):
             if o is None:
                 continue
             while j.total < j.max and o.count < o.cap:
-                n = self._find(j, o)
+                n = self.find(j, o)
                 if n is None:
                     break
-                self._take(n, j, o, kept=False)
+                self.take(n, j, o, kept=False)
                 added += 1
         return added
 
 
-def _run(p: _Planner) -> Plan:
-    p.keep()
+def _run(p: _Baseline) -> Plan:
+    keep(p)
     p.admit()
     p.grow()
-    return p.result()
+    return result(p)
 
 
 def plan_typeblind_spread(snapshot: ClusterSnapshot, jobs: Sequence[JobRequest], *, now: float) -> Plan:
