@@ -520,6 +520,7 @@ class ElasticTrainer:
             rate=self.tracker.ema.get(self.name, 0.0),
             step=self.step,
             overflow=self.opt.local_overflow(),
+            members_leave=self.former.drops_members(self.membership),
         )
         return ControlVector.of_rank(self.world_size, self.rank, report)
 
@@ -601,7 +602,12 @@ class ElasticTrainer:
         assert self.membership is not None
         s = self.settings
         by_steps = s.checkpoint_interval_steps and self.step % s.checkpoint_interval_steps == 0
-        if self.ckpt is not None and (control.checkpoint_due or by_steps):
+        # A new epoch without some member is about to re-form the world.  Every rank of this one has just
+        # summed the step, so all are here: they checkpoint together first.  A member the operator stopped
+        # (a preemption, a smaller plan, a deleted pod) may get its SIGTERM after its peers read the new
+        # epoch, and would otherwise leave without the last step it trained in a checkpoint.
+        leaving = control.members_leave and not control.stop  # a stop checkpoints in _on_stop
+        if self.ckpt is not None and (control.checkpoint_due or by_steps or leaving):
             with comm():
                 self._save(s.checkpoint_async)
         if control.rebalance_due and s.policy != "equal":

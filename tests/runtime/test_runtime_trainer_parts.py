@@ -103,6 +103,10 @@ def test_control_vector_sums_flags_loss_and_per_rank_slots() -> None:
     ]
     total = _sum(*world)
     assert total.new_epoch and total.checkpoint_due and not total.stop and not total.rebalance_due
+    assert not total.members_leave and not total.overflow
+    assert _sum(
+        *[ControlVector.of_rank(3, r, _report(r, members_leave=r == 1)) for r in range(3)]
+    ).members_leave
     assert total.loss == pytest.approx(1.5)
     assert total.rates == [10.0, 20.0, 30.0]
     assert total.steps == [41, 41, 41] and total.ranks_present == 3 and total.agrees_on(41)

@@ -1,10 +1,11 @@
 """The control vector: what every rank tells every other one at the end of a step.
 
 One small float64 tensor, summed over the world (it rides at the end of the last
-gradient bucket, or goes in its own all-reduce): five flags (the fifth: this rank's
+gradient bucket, or goes in its own all-reduce): six flags (the fifth: this rank's
 own gradients overflowed under a loss scale, so that every rank skips the same fp16
-steps), the loss, a count of the ranks present, and one slot per rank for its
-measured throughput and its step.
+steps; the sixth: the newer membership this rank read drops a member of this world),
+the loss, a count of the ranks present, and one slot per rank for its measured
+throughput and its step.
 Each rank fills only its own slots, so the sum holds every rank's value.
 """
 
@@ -18,7 +19,16 @@ import torch
 STEP_CHECK_MOD = 1 << 20
 
 #: The scalar fields, in tensor order; per-rank fields (rates, then steps) follow them.
-SCALARS = ("new_epoch", "stop", "checkpoint_due", "rebalance_due", "overflow", "loss", "present")
+SCALARS = (
+    "new_epoch",
+    "stop",
+    "checkpoint_due",
+    "rebalance_due",
+    "overflow",
+    "members_leave",
+    "loss",
+    "present",
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class RankReport:
     rate: float  # this rank's measured samples/s (0 until measured)
     step: int  # this rank's committed steps
     overflow: bool = False  # this rank's own (scaled) gradients hold an inf or NaN
+    members_leave: bool = False  # the newer membership this rank read drops a member of this world
 
 
 class ControlVector:
@@ -48,7 +59,7 @@ class ControlVector:
     @classmethod
     def of_rank(cls, world_size: int, rank: int, report: RankReport) -> ControlVector:
         v = cls(world_size)
-        for name in ("new_epoch", "stop", "checkpoint_due", "rebalance_due", "overflow"):
+        for name in ("new_epoch", "stop", "checkpoint_due", "rebalance_due", "overflow", "members_leave"):
             v._set(name, 1.0 if getattr(report, name) else 0.0)
         v._set("loss", report.loss)
         v._set("present", 1.0)
@@ -81,6 +92,11 @@ class ControlVector:
     def overflow(self) -> bool:
         """Some rank's gradients overflowed: every rank skips the update."""
         return self._get("overflow") > 0
+
+    @property
+    def members_leave(self) -> bool:
+        """Some rank read a newer membership without a member of this world."""
+        return self._get("members_leave") > 0
 
     @property
     def loss(self) -> float:

@@ -89,6 +89,14 @@ class WorldFormer:
         m = self.read_membership()
         return m is not None and m.epoch > epoch
 
+    def drops_members(self, current: Membership) -> bool:
+        """The newest membership read is a newer epoch without some process of ``current``."""
+        m = self.read_membership()
+        if m is None or m.epoch <= current.epoch:
+            return False
+        names = {p.name for p in m.processes}
+        return any(p.name not in names for p in current.processes)
+
     def _wait_membership(self, min_epoch: int) -> tuple[Membership, Process]:
         """The latest membership with epoch >= min_epoch that has this process (parks otherwise)."""
         parked = False
